@@ -1,0 +1,3 @@
+from s4d.cli import main
+
+main()

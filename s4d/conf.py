@@ -1,0 +1,86 @@
+"""The cluster conf: where it is, what it says, and which entry is this node.
+
+The conf is one `host:port` per line (blank lines and `#` comments allowed).
+It is looked up as `--conf PATH`, then `$S4_CONF_PATH`, then `~/.s4.conf`,
+then `/etc/s4.conf`; with none of them the cluster is one local node,
+127.0.0.1:8080. Node order is conf order: placement depends on it, so every
+host and client must use the same file.
+"""
+from __future__ import annotations
+
+import os
+import socket
+
+from s4d import limits
+
+Node = tuple[str, int]
+
+
+class ConfError(Exception):
+    pass
+
+
+def find(explicit: str | None = None) -> str | None:
+    """The conf path in use, or None for the single-node default."""
+    for path, must_exist in ((explicit, True), (os.environ.get("S4_CONF_PATH"), True),
+                             (os.path.expanduser("~/.s4.conf"), False), ("/etc/s4.conf", False)):
+        if path:
+            if os.path.isfile(path):
+                return path
+            if must_exist:
+                raise ConfError(f"conf not found: {path}")
+    return None
+
+
+def parse(text: str, source: str = "conf") -> list[Node]:
+    nodes: list[Node] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        host, sep, port = line.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfError(f"{source}:{lineno}: expected host:port, got {line!r}")
+        nodes.append((host, int(port)))
+    if not nodes:
+        raise ConfError(f"{source}: no nodes listed")
+    if len(set(nodes)) != len(nodes):
+        raise ConfError(f"{source}: a node is listed twice")
+    return nodes
+
+
+def load(explicit: str | None = None) -> tuple[list[Node], str | None]:
+    path = find(explicit)
+    if path is None:
+        return [limits.DEFAULT_NODE], None
+    with open(path) as f:
+        return parse(f.read(), path), path
+
+
+def own_addresses() -> set[str]:
+    import psutil  # daemon only: the client never needs to know who it is
+    addrs = {"0.0.0.0", "::"}
+    for snics in psutil.net_if_addrs().values():
+        for snic in snics:
+            if snic.family in (socket.AF_INET, socket.AF_INET6):
+                addrs.add(snic.address.split("%", 1)[0])
+    return addrs
+
+
+def resolve(host: str) -> set[str]:
+    try:
+        return {info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
+    except socket.gaierror:
+        return set()
+
+
+def find_self(nodes: list[Node], port: int) -> int:
+    """Index of this host's entry: its address is one of ours and its port is `port`."""
+    mine = own_addresses()
+    matches = [i for i, (host, p) in enumerate(nodes) if p == port and resolve(host) & mine]
+    if len(matches) != 1:
+        listed = ", ".join(f"{h}:{p}" for h, p in nodes)
+        what = "none" if not matches else "more than one"
+        raise ConfError(f"{what} of the conf's nodes ({listed}) is this host on port {port}")
+    return matches[0]

@@ -1,0 +1,62 @@
+"""Every size, timeout and pool default of s4, in one place, units in the names.
+
+The daemon's per-run knobs (idle timeout, job slots, command timeout) have
+command-line flags; these constants are their defaults. The client reads two
+environment overrides here and nowhere else, so scripts and tests can shorten
+its waits without new flags on every subcommand.
+"""
+import os
+
+PORT_DEFAULT = 8080
+DEFAULT_NODE = ("127.0.0.1", PORT_DEFAULT)  # the cluster when no conf exists
+
+# --- wire -------------------------------------------------------------------
+# A frame is metadata only (requests, replies, list pages); data never travels
+# in frames. 4 MiB leaves room for a page of LIST_PAGE_ENTRIES long key names.
+FRAME_MAX_BYTES = 4 * 1024 * 1024
+LIST_PAGE_ENTRIES = 10_000
+# One chunk of a data stream; bounded so a forged header cannot ask the daemon
+# to wait for a petabyte. A whole file up to this size travels as one chunk.
+CHUNK_MAX_BYTES = 1 << 42  # 4 TiB
+KEY_MAX_BYTES = 1024
+KEY_COMPONENT_MAX_BYTES = 255
+CMD_MAX_BYTES = 256 * 1024
+
+# --- bulk transfer ----------------------------------------------------------
+PIPE_BYTES = 1024 * 1024          # F_SETPIPE_SZ for splice pipes
+SPLICE_BYTES = 1024 * 1024        # one splice(2) call
+SENDFILE_BYTES = 8 * 1024 * 1024  # one sendfile(2) call
+CHECKPOINT_EVERY_BYTES = 16 * 1024 * 1024  # yield to trio this often in a long transfer
+BUFFER_BYTES = 1024 * 1024        # recv_into / read buffers (client, hashing)
+SOCKET_BUFFER_BYTES = 4 * 1024 * 1024  # SO_SNDBUF / SO_RCVBUF asked of the kernel
+HASH_INLINE_MAX_BYTES = 1024 * 1024  # hash smaller files on the event loop, larger in a thread
+
+# --- time -------------------------------------------------------------------
+IDLE_TIMEOUT_S = 30.0         # a transfer or connection with no progress this long is cut
+BUSY_WAIT_S = 2.0             # a request waits this long for a job slot, then gets "busy"
+CMD_TIMEOUT_S = 24 * 3600.0   # default limit on one map/eval command (kills its process group)
+SWEEP_INTERVAL_S = 60.0       # how often orphaned temp files are removed
+STOP_GRACE_S = 5.0            # on SIGTERM, in-flight work gets this long before it is cancelled
+PROGRESS_INTERVAL_S = 0.5     # map progress frames (also the client's proof of life)
+CONNECT_TIMEOUT_S = 5.0
+HEALTH_TIMEOUT_S = 2.0
+
+# Client: how long to keep retrying a busy node, and how long to wait for a
+# silent node. S4_BUSY_TIMEOUT_S / S4_IDLE_TIMEOUT_S override them.
+CLIENT_BUSY_TIMEOUT_S = float(os.environ.get("S4_BUSY_TIMEOUT_S", 60.0))
+CLIENT_IDLE_TIMEOUT_S = float(os.environ.get("S4_IDLE_TIMEOUT_S", 60.0))
+CLIENT_BACKOFF_FIRST_S = 0.05
+CLIENT_BACKOFF_MAX_S = 1.0
+CLIENT_PARALLEL_TRANSFERS = 8  # cp -r: transfers in flight at once
+
+# --- controller -------------------------------------------------------------
+STDERR_TAIL_BYTES = 2048      # what a failed command's error keeps of its stderr
+PUSH_PARALLEL = 4             # map outputs sent to other nodes at once, per map
+
+
+def default_io_jobs() -> int:
+    return (os.cpu_count() or 1) * 4
+
+
+def default_cpu_jobs() -> int:
+    return (os.cpu_count() or 1) + 2
