@@ -1,0 +1,306 @@
+"""The controller: users' bash commands, run out of process where the data is.
+
+`run` starts one command under the node's cpu-job limit, in a fresh temp
+dir inside the data dir, with `set -euo pipefail`, in its own process group
+(killed whole on timeout, on cancel and after exit, so nothing lingers). The
+key's file is the child's stdin and a temp file its stdout: no data passes
+through Python. A failure keeps the exit code and the tail of stderr.
+
+`map`, `map_to_n` and `map_from_n` run one node's share of the ops of the
+same names over the keys this node holds, and publish each output here or,
+when its name places it elsewhere, push it to its node (`push`, supplied by
+the server). The first failure cancels the rest of this node's work.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+import trio
+
+from s4d import keys, limits, placement
+from s4d.errors import CommandFailed, S4Error, Timeout
+from s4d.storage import Storage
+from s4d.transfer import hash_file_async
+
+Push = Callable[[int, str, str, str, int], Awaitable[None]]
+
+
+@dataclass
+class Progress:
+    done: int = 0
+    total: int = 0
+    bytes: int = 0
+
+    def wire(self) -> dict:
+        return {"done": self.done, "total": self.total, "bytes": self.bytes}
+
+
+def glob_regex(glob: str) -> re.Pattern:
+    """A glob on names: `*` and `?` never cross `/`, `[...]` is a class."""
+    out = []
+    i = 0
+    while i < len(glob):
+        c = glob[i]
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[" and "]" in glob[i + 2:]:
+            j = glob.index("]", i + 2)
+            body = glob[i + 1:j]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            i = j
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def split_glob(indir: str) -> tuple[str, str | None]:
+    """`b/in/*4` -> (`b/in/`, `*4`); `b/in` or `b/in/` -> (`b/in/`, None)."""
+    head, _, last = indir.rpartition("/")
+    if any(c in last for c in "*?["):
+        return head + "/", last
+    return indir.rstrip("/") + "/", None
+
+
+def group_name(members: list[str]) -> str:
+    """map-from-n output name: the numeric prefix, plus the suffix all share."""
+    names = {keys.basename(m) for m in members}
+    if len(names) == 1:
+        return names.pop()
+    digits = placement.numeric_prefix(keys.basename(members[0]))
+    return digits
+
+
+async def run_pool(items: list, fn: Callable[[object], Awaitable[None]], width: int) -> None:
+    """Run fn over items, `width` at a time; the first S4Error cancels the rest and is raised."""
+    it = iter(items)
+    failure: list[S4Error] = []
+
+    async def worker(cancel_scope: trio.CancelScope) -> None:
+        for item in it:
+            try:
+                await fn(item)
+            except S4Error as e:
+                failure.append(e)
+                cancel_scope.cancel()
+                return
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(max(1, min(width, len(items)))):
+            nursery.start_soon(worker, nursery.cancel_scope)
+    if failure:
+        raise failure[0]
+
+
+class Controller:
+    def __init__(self, storage: Storage, nodes: list, self_index: int, max_cpu_jobs: int,
+                 cmd_timeout_s: float, push: Push):
+        self.storage = storage
+        self.nodes = nodes
+        self.self_index = self_index
+        self.limiter = trio.CapacityLimiter(max_cpu_jobs)
+        self.cmd_timeout_s = cmd_timeout_s
+        self.push = push
+        self.name = "%s:%d" % nodes[self_index]
+
+    @property
+    def running(self) -> int:
+        return self.limiter.borrowed_tokens
+
+    # --- one command -------------------------------------------------------------
+    async def run(self, cmd: str, *, stdin: int, stdout: int, cwd: str, env: dict,
+                  timeout: float | None, what: str) -> None:
+        timeout = timeout or self.cmd_timeout_s
+        async with self.limiter:
+            proc = await trio.lowlevel.open_process(
+                ["bash", "-euo", "pipefail", "-c", cmd], stdin=stdin, stdout=stdout,
+                stderr=subprocess.PIPE, cwd=cwd, env={**os.environ, **env}, start_new_session=True)
+            tail = bytearray()
+            try:
+                with trio.move_on_after(timeout) as scope:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(_keep_tail, proc.stderr, tail)
+                        await proc.wait()
+                        _kill_group(proc)  # background children die with it
+                if scope.cancelled_caught:
+                    raise Timeout(f"command timed out after {timeout:g}s on {self.name} for {what}")
+            finally:
+                if proc.returncode is None:
+                    _kill_group(proc)
+                    with trio.CancelScope(shield=True):
+                        await proc.wait()
+                await proc.stderr.aclose()
+        if proc.returncode != 0:
+            text = tail.decode(errors="replace").strip()
+            last = text.splitlines()[-1] if text else ""
+            raise CommandFailed(
+                f"command failed on {self.name} for {what}: exit {proc.returncode}"
+                + (f": {last}" if last else ""),
+                node=self.name, key=what, exit=proc.returncode, stderr=text)
+
+    async def _run_to_temp(self, cmd: str, stdin_path: str, env: dict, timeout, what: str,
+                           cwd: str) -> str:
+        """Run cmd with stdin from a file and stdout to a new temp file; return its path."""
+        out = self.storage.new_temp("out")
+        try:
+            with open(stdin_path, "rb") as fin, open(out, "xb") as fout:
+                await self.run(cmd, stdin=fin.fileno(), stdout=fout.fileno(), cwd=cwd,
+                               env=env, timeout=timeout, what=what)
+        except BaseException:
+            self.storage.discard(out)
+            raise
+        return out
+
+    async def _publish(self, path: str, key: str) -> None:
+        """Publish a finished file as key here, or push it to the node it belongs on."""
+        size = os.stat(path).st_size
+        digest = await hash_file_async(path, size)
+        owner = placement.node_index(key, len(self.nodes))
+        if owner == self.self_index:
+            self.storage.publish(path, key, digest)
+        else:
+            await self.push(owner, key, path, digest, size)
+
+    # --- the three shapes ----------------------------------------------------------
+    def _inputs(self, msg: dict) -> tuple[str, list[tuple[str, int]]]:
+        indir, glob = split_glob(msg["indir"])
+        glob = msg.get("glob") or glob
+        found = self.storage.keys_under(indir)
+        if glob:
+            pattern = glob_regex(glob)
+            found = [(k, n) for k, n in found if pattern.match(k[len(indir):])]
+        return indir, sorted(found)
+
+    async def map(self, msg: dict, progress: Progress) -> None:
+        indir, inputs = self._inputs(msg)
+        outdir = msg["outdir"].rstrip("/") + "/"
+        progress.total = len(inputs)
+
+        async def one(item) -> None:
+            key, size = item
+            cwd = self.storage.new_temp_dir()
+            try:
+                out = await self._run_to_temp(msg["cmd"], self.storage.path(key),
+                                              {"filename": keys.basename(key)},
+                                              msg.get("timeout"), keys.url(key), cwd)
+                try:
+                    await self._publish(out, outdir + key[len(indir):])
+                finally:
+                    self.storage.discard(out)
+            finally:
+                self.storage.discard(cwd)
+            progress.done += 1
+            progress.bytes += size
+
+        await run_pool(inputs, one, self.limiter.total_tokens)
+
+    async def map_to_n(self, msg: dict, progress: Progress) -> None:
+        indir, inputs = self._inputs(msg)
+        outdir = msg["outdir"].rstrip("/") + "/"
+        progress.total = len(inputs)
+        pushes = trio.CapacityLimiter(limits.PUSH_PARALLEL)
+
+        async def one(item) -> None:
+            key, size = item
+            name = keys.basename(key)
+            cwd = self.storage.new_temp_dir()
+            try:
+                listing = await self._run_to_temp(msg["cmd"], self.storage.path(key),
+                                                  {"filename": name}, msg.get("timeout"),
+                                                  keys.url(key), cwd)
+                try:
+                    files = _printed_files(listing, cwd, self.name, keys.url(key))
+                finally:
+                    self.storage.discard(listing)
+
+                async def publish(pair) -> None:
+                    path, out_key = pair
+                    async with pushes:
+                        await self._publish(path, out_key)
+
+                pairs = [(path, f"{outdir}{name}/{os.path.basename(path)}") for path in files]
+                await run_pool(pairs, publish, limits.PUSH_PARALLEL)
+            finally:
+                self.storage.discard(cwd)
+            progress.done += 1
+            progress.bytes += size
+
+        await run_pool(inputs, one, self.limiter.total_tokens)
+
+    async def map_from_n(self, msg: dict, progress: Progress) -> None:
+        _, inputs = self._inputs(msg)
+        outdir = msg["outdir"].rstrip("/") + "/"
+        groups: dict[str, list[tuple[str, int]]] = {}
+        for key, size in inputs:
+            name = keys.basename(key)
+            groups.setdefault(placement.numeric_prefix(name) or name, []).append((key, size))
+        progress.total = len(inputs)
+
+        async def one(members) -> None:
+            paths = "".join(self.storage.path(k) + "\n" for k, _ in members)
+            name = group_name([k for k, _ in members])
+            listing = self.storage.new_temp("in")
+            cwd = self.storage.new_temp_dir()
+            try:
+                with open(listing, "w") as f:
+                    f.write(paths)
+                out = await self._run_to_temp(msg["cmd"], listing, {"filename": name},
+                                              msg.get("timeout"), keys.url(outdir + name), cwd)
+                try:
+                    await self._publish(out, outdir + name)
+                finally:
+                    self.storage.discard(out)
+            finally:
+                self.storage.discard(listing)
+                self.storage.discard(cwd)
+            progress.done += len(members)
+            progress.bytes += sum(size for _, size in members)
+
+        await run_pool(list(groups.values()), one, self.limiter.total_tokens)
+
+    async def eval(self, key: str, cmd: str, timeout: float | None) -> str:
+        """Run cmd over a key; return the temp file holding its stdout (caller discards)."""
+        path, _, _ = self.storage.stat(key)
+        cwd = self.storage.new_temp_dir()
+        try:
+            return await self._run_to_temp(cmd, path, {"filename": keys.basename(key)},
+                                           timeout, keys.url(key), cwd)
+        finally:
+            self.storage.discard(cwd)
+
+
+def _printed_files(listing: str, cwd: str, node: str, what: str) -> list[str]:
+    """The files a map-to-n command printed: each must exist inside its temp dir."""
+    with open(listing, "rb") as f:
+        lines = f.read(limits.FRAME_MAX_BYTES).decode(errors="replace").splitlines()
+    files: dict[str, None] = {}
+    for line in lines:
+        if not line.strip():
+            continue
+        path = os.path.realpath(os.path.join(cwd, line))
+        if not (path.startswith(cwd + "/") and os.path.isfile(path)):
+            raise CommandFailed(f"command on {node} for {what} printed {line!r}, "
+                                "which is not a file it wrote in its directory",
+                                node=node, key=what, exit=0, stderr="")
+        files[path] = None
+    return list(files)
+
+
+async def _keep_tail(stream, tail: bytearray) -> None:
+    while data := await stream.receive_some(65536):
+        tail += data
+        del tail[:-limits.STDERR_TAIL_BYTES]
+
+
+def _kill_group(proc) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

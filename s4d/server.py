@@ -1,0 +1,355 @@
+"""The daemon's trio glue: accept, read a request, dispatch to handle_<op>.
+
+Each connection carries requests one after another. A handler raises an
+S4Error for anything that goes wrong; `_serve_connection` turns it into an
+error frame (the one place that happens), lets the peer read it, and
+closes the connection. Any other exception is a bug: it is logged with its
+traceback and the peer gets an "internal" error; the daemon keeps serving.
+Every wait on a peer sits in an `Idle` scope. Transfers take an io slot,
+commands a cpu slot; a request that cannot get a slot in BUSY_WAIT_S is
+answered "busy" and the client retries.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from contextlib import asynccontextmanager
+
+import trio
+
+from s4d import __version__, errors, keys, limits, protocol
+from s4d.controller import Controller, Progress
+from s4d.errors import (Busy, ChecksumMismatch, Exists, NotFound, ProtocolError, S4Error,
+                        Unavailable)
+from s4d.storage import Storage
+from s4d.transfer import (Idle, hash_file_async, recv_frame, recv_stream_to_file, send_all,
+                          send_frame, sendfile)
+
+log = logging.getLogger("s4d")
+
+
+class Server:
+    def __init__(self, nodes: list, self_index: int, data_dir: str, *, max_io_jobs: int,
+                 max_cpu_jobs: int, idle_timeout_s: float, cmd_timeout_s: float):
+        self.nodes = nodes
+        self.self_index = self_index
+        self.name = "%s:%d" % nodes[self_index]
+        self.storage = Storage(data_dir)
+        self.io = trio.CapacityLimiter(max_io_jobs)
+        self.idle_s = idle_timeout_s
+        self.controller = Controller(self.storage, nodes, self_index, max_cpu_jobs,
+                                     cmd_timeout_s, self.push)
+        self.started = time.time()
+        self._accepting = trio.CancelScope()
+
+    # --- lifecycle ---------------------------------------------------------------
+    async def serve(self, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        removed = self.storage.sweep()
+        if removed:
+            log.info("swept %d leftover temp files", removed)
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        async with trio.open_nursery() as connections:
+            connections.start_soon(self._sweep_forever)
+            with self._accepting:
+                async with trio.open_nursery() as acceptors:
+                    for listener in listeners:
+                        acceptors.start_soon(self._accept_forever, listener, connections)
+                    task_status.started()
+            # stop(): no new connections; in-flight work gets a grace period
+            for listener in listeners:
+                await listener.aclose()
+            connections.cancel_scope.deadline = trio.current_time() + limits.STOP_GRACE_S
+            self._sweeper.cancel()
+
+    def stop(self) -> None:
+        self._accepting.cancel()
+
+    async def _accept_forever(self, listener, connections: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as e:  # EMFILE and friends: back off, keep serving
+                log.warning("accept failed: %s", e)
+                await trio.sleep(0.1)
+                continue
+            connections.start_soon(self._serve_connection, stream)
+
+    async def _sweep_forever(self) -> None:
+        with trio.CancelScope() as self._sweeper:
+            while True:
+                await trio.sleep(limits.SWEEP_INTERVAL_S)
+                removed = self.storage.sweep()
+                if removed:
+                    log.info("swept %d orphaned temp files", removed)
+
+    # --- connections ---------------------------------------------------------------
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+        sock = stream.socket
+        try:
+            peer = "%s:%s" % sock.getpeername()[:2]
+        except OSError:
+            peer = "?"
+        try:
+            while await self._serve_request(sock, peer):
+                pass
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _serve_request(self, sock, peer: str) -> bool:
+        """Serve one request; False when the connection should close."""
+        try:
+            with Idle(self.idle_s, "waiting for a request") as idle:
+                msg = await recv_frame(sock, idle)
+        except S4Error as e:
+            if isinstance(e, ProtocolError):
+                log.warning("%s from %s", e.message, peer)
+                await self._reply_error(sock, e)
+            return False
+        if msg is None:
+            return False
+        started = trio.current_time()
+        op = msg.get("op")
+        target = msg.get("key") or msg.get("prefix") or msg.get("indir") or ""
+        try:
+            op = protocol.check_request(msg)
+            result = await getattr(self, f"handle_{op}")(sock, msg) or {}
+        except S4Error as e:
+            self._log(op, target, peer, started, e.code, {"error": e.message})
+            await self._reply_error(sock, e)
+            return False
+        except Exception as e:  # a bug: log it, answer, keep the daemon up
+            log.exception("internal error in %s %s from %s", op, target, peer)
+            await self._reply_error(sock, errors.Internal(f"internal error on {self.name}: {e!r}"))
+            return False
+        self._log(op, target, peer, started, "ok", result)
+        return True
+
+    def _log(self, op, target, peer, started, result, figures: dict) -> None:
+        extra = " ".join(f"{k}={v}" for k, v in figures.items())
+        ms = (trio.current_time() - started) * 1000
+        log.info("%s %s %s ms=%.1f peer=%s %s", op, target and keys.url(target), result, ms, peer, extra)
+
+    async def _reply_error(self, sock, e: S4Error) -> None:
+        """Send the error frame, then drain what the peer may still be sending
+        (briefly) so the kernel does not reset the connection before it reads it."""
+        with trio.move_on_after(1.0):
+            try:
+                with Idle(self.idle_s, "sending an error") as idle:
+                    await send_frame(sock, errors.to_wire(e), idle)
+                sock.shutdown(socket.SHUT_WR)
+                while await sock.recv(limits.BUFFER_BYTES):
+                    pass
+            except (S4Error, OSError):
+                pass
+
+    @asynccontextmanager
+    async def io_slot(self):
+        with trio.move_on_after(limits.BUSY_WAIT_S):
+            await self.io.acquire()
+            try:
+                yield
+            finally:
+                self.io.release()
+            return
+        raise Busy(f"{self.name} is busy: all {self.io.total_tokens} io slots are in use")
+
+    # --- handlers: one per op --------------------------------------------------------
+    async def handle_put(self, sock, msg: dict) -> dict:
+        key = msg["key"]
+        if self.storage.exists(key):
+            raise Exists(f"key exists (immutable: rm it first): {keys.url(key)}")
+        async with self.io_slot():
+            temp = self.storage.new_temp()
+            try:
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                try:
+                    with Idle(self.idle_s, f"put {keys.url(key)}") as idle:
+                        await send_frame(sock, {"ok": True}, idle)
+                        size = await recv_stream_to_file(sock, fd, idle)
+                        trailer = await recv_frame(sock, idle)
+                finally:
+                    os.close(fd)
+                if trailer is None:
+                    raise Unavailable("client went away before finishing the put")
+                protocol.check_put_trailer(trailer)
+                digest = await hash_file_async(temp, size)
+                if trailer["size"] != size or trailer["xxh3"] != digest:
+                    raise ChecksumMismatch(
+                        f"checksum mismatch putting {keys.url(key)}: sent {trailer['size']} bytes "
+                        f"xxh3 {trailer['xxh3']}, {self.name} received {size} bytes xxh3 {digest}")
+                self.storage.publish(temp, key, digest)
+            finally:
+                self.storage.discard(temp)
+        with Idle(self.idle_s, "put reply") as idle:
+            await send_frame(sock, {"ok": True, "size": size}, idle)
+        return {"bytes": size}
+
+    async def _send_file(self, sock, path: str, digest: str, what: str) -> int:
+        """{"ok", size, xxh3} then the file's bytes by sendfile; returns the size."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NotFound(f"no such key: {what}") from None
+        try:
+            size = os.fstat(fd).st_size
+            with Idle(self.idle_s, f"sending {what}") as idle:
+                await send_frame(sock, {"ok": True, "size": size, "xxh3": digest}, idle)
+                await sendfile(sock, fd, size, idle)
+        finally:
+            os.close(fd)
+        return size
+
+    async def handle_get(self, sock, msg: dict) -> dict:
+        key = msg["key"]
+        path, _, digest = self.storage.stat(key)  # the checksum stored at write time
+        async with self.io_slot():
+            return {"bytes": await self._send_file(sock, path, digest, keys.url(key))}
+
+    async def handle_eval(self, sock, msg: dict) -> dict:
+        out = await self.controller.eval(msg["key"], msg["cmd"], msg.get("timeout"))
+        try:
+            digest = await hash_file_async(out, os.stat(out).st_size)
+            async with self.io_slot():
+                return {"bytes": await self._send_file(sock, out, digest, "eval output")}
+        finally:
+            self.storage.discard(out)
+
+    async def handle_ls(self, sock, msg: dict) -> dict:
+        entries = await trio.to_thread.run_sync(self.storage.list, msg["prefix"], msg["recursive"])
+        with Idle(self.idle_s, "sending a listing") as idle:
+            page, page_bytes = [], 0
+            for name, size, mtime in entries:
+                page.append([name, size, int(mtime)])
+                page_bytes += len(name) + 32
+                if len(page) >= limits.LIST_PAGE_ENTRIES or page_bytes > limits.FRAME_MAX_BYTES // 2:
+                    await send_frame(sock, {"entries": page}, idle)
+                    page, page_bytes = [], 0
+            if page:
+                await send_frame(sock, {"entries": page}, idle)
+            await send_frame(sock, {"ok": True}, idle)
+        return {"entries": len(entries)}
+
+    async def handle_rm(self, sock, msg: dict) -> dict:
+        prefix = msg["prefix"]
+        if not msg["recursive"]:
+            self.storage.delete(prefix)
+            deleted = 1
+        else:
+            keys.check_prefix(prefix)
+            deleted = 0
+            for name, _, _ in await trio.to_thread.run_sync(self.storage.list, prefix, True):
+                try:
+                    self.storage.delete(name)
+                    deleted += 1
+                except NotFound:
+                    pass
+                if deleted % 1000 == 0:
+                    await trio.lowlevel.checkpoint()
+        with Idle(self.idle_s, "rm reply") as idle:
+            await send_frame(sock, {"ok": True, "deleted": deleted}, idle)
+        return {"deleted": deleted}
+
+    async def _map(self, op: str, sock, msg: dict) -> dict:
+        for field in ("indir", "outdir"):
+            keys.check_prefix(msg[field].rstrip("/") + "/")
+        progress = Progress()
+        outcome: dict = {}
+
+        async def work(cancel_scope: trio.CancelScope) -> None:
+            try:
+                await getattr(self.controller, op)(msg, progress)
+            except S4Error as e:
+                outcome["error"] = e
+            finally:
+                cancel_scope.cancel()
+
+        async def report() -> None:
+            with Idle(self.idle_s, "sending progress") as idle:
+                while True:
+                    await send_frame(sock, {"progress": progress.wire()}, idle)
+                    await trio.sleep(limits.PROGRESS_INTERVAL_S)
+
+        async def watch_client(cancel_scope: trio.CancelScope) -> None:
+            # after a map request the client only listens: readable means gone
+            await trio.lowlevel.wait_readable(sock)
+            outcome["error"] = Unavailable(f"client went away; {op} cancelled on {self.name}")
+            cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(work, nursery.cancel_scope)
+            nursery.start_soon(report)
+            nursery.start_soon(watch_client, nursery.cancel_scope)
+        if "error" in outcome:
+            raise outcome["error"]
+        with Idle(self.idle_s, f"{op} reply") as idle:
+            await send_frame(sock, {"ok": True, **progress.wire()}, idle)
+        return progress.wire()
+
+    async def handle_map(self, sock, msg: dict) -> dict:
+        return await self._map("map", sock, msg)
+
+    async def handle_map_to_n(self, sock, msg: dict) -> dict:
+        return await self._map("map_to_n", sock, msg)
+
+    async def handle_map_from_n(self, sock, msg: dict) -> dict:
+        return await self._map("map_from_n", sock, msg)
+
+    async def handle_health(self, sock, msg: dict) -> dict:
+        import psutil
+        count, size = await trio.to_thread.run_sync(self.storage.usage)
+        disk = psutil.disk_usage(self.storage.root)
+        me = psutil.Process()
+        figures = {
+            "ok": True, "node": self.name, "version": __version__,
+            "uptime_s": round(time.time() - self.started, 1),
+            "disk_free": disk.free, "disk_used": disk.used, "keys": count, "bytes": size,
+            "io_jobs": self.io.borrowed_tokens, "max_io_jobs": self.io.total_tokens,
+            "cpu_jobs": self.controller.running, "max_cpu_jobs": self.controller.limiter.total_tokens,
+            "load": os.getloadavg()[0], "rss": me.memory_info().rss, "fds": me.num_fds(),
+        }
+        with Idle(self.idle_s, "health reply") as idle:
+            await send_frame(sock, figures, idle)
+        return {}
+
+    # --- node to node ------------------------------------------------------------------
+    async def push(self, node: int, key: str, path: str, digest: str, size: int) -> None:
+        """Put a finished local file as `key` on another node (map outputs)."""
+        host, port = self.nodes[node]
+        where = f"{host}:{port}"
+        backoff = limits.CLIENT_BACKOFF_FIRST_S
+        deadline = trio.current_time() + limits.CLIENT_BUSY_TIMEOUT_S
+        while True:
+            try:
+                return await self._push_once(host, port, key, path, digest, size)
+            except Busy:
+                if trio.current_time() > deadline:
+                    raise
+            except OSError as e:
+                raise Unavailable(f"cannot reach {where} to store {keys.url(key)}: {e.strerror or e}") from None
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, limits.CLIENT_BACKOFF_MAX_S)
+
+    async def _push_once(self, host: str, port: int, key: str, path: str, digest: str, size: int) -> None:
+        with Idle(self.idle_s, f"pushing {keys.url(key)} to {host}:{port}") as idle:
+            sock = trio.socket.socket(trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET)
+            with sock:
+                await sock.connect((host, port))
+                await send_frame(sock, {"op": "put", "key": key}, idle)
+                _check_reply(await recv_frame(sock, idle), host, port)
+                with open(path, "rb") as f:
+                    await send_all(sock, protocol.encode_chunk_header(size), idle)
+                    await sendfile(sock, f.fileno(), size, idle)
+                await send_all(sock, protocol.END_OF_STREAM, idle)
+                await send_frame(sock, {"xxh3": digest, "size": size}, idle)
+                _check_reply(await recv_frame(sock, idle), host, port)
+
+
+def _check_reply(reply: dict | None, host: str, port: int) -> dict:
+    if reply is None:
+        raise Unavailable(f"{host}:{port} closed the connection")
+    if "error" in reply:
+        raise errors.from_wire(reply)
+    return reply

@@ -1,0 +1,227 @@
+"""The data directory: where keys live, how they appear, how they go.
+
+Layout under --data-dir:
+
+    <bucket>/<path>/<name>   a key: a read-only file whose xattr user.s4.xxh3
+                             holds the checksum taken when it was written
+    _tmp/                    temp files and command dirs of work in flight
+
+Buckets never start with `_`, so nothing of the daemon's own can show up as,
+or collide with, a key. A key appears by `os.link` of a finished, verified
+temp file that already carries its checksum: atomic, and it cannot
+overwrite, so of two racing puts exactly one wins. Publish and delete run
+without an await in between their steps, so no other task of this daemon
+sees a half-made directory. Paths come from validated keys and are checked
+again here: a symlink planted in the data dir is never followed.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import uuid
+
+from s4d import keys
+from s4d.errors import BadKey, Exists, NoSpace, NotFound
+
+XATTR = "user.s4.xxh3"
+TMP = "_tmp"
+
+
+class Storage:
+    def __init__(self, root: str):
+        os.makedirs(root, exist_ok=True)
+        self.root = os.path.realpath(root)
+        self.tmp = os.path.join(self.root, TMP)
+        os.makedirs(self.tmp, exist_ok=True)
+        self._active: set[str] = set()
+        self._check_xattrs()
+
+    def _check_xattrs(self) -> None:
+        probe = self.new_temp()
+        try:
+            open(probe, "wb").close()
+            os.setxattr(probe, XATTR, b"probe")
+        except OSError as e:
+            raise SystemExit(f"s4d: the data dir's filesystem does not support user xattrs ({e.strerror}): {self.root}")
+        finally:
+            self.discard(probe)
+
+    # --- temp files ----------------------------------------------------------
+    def new_temp(self, kind: str = "put") -> str:
+        path = os.path.join(self.tmp, f"{kind}-{uuid.uuid4().hex}")
+        self._active.add(path)
+        return path
+
+    def new_temp_dir(self) -> str:
+        path = self.new_temp("cmd")
+        os.mkdir(path)
+        return path
+
+    def discard(self, path: str) -> None:
+        self._active.discard(path)
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def sweep(self) -> int:
+        """Remove whatever is in _tmp that no live transfer or command owns."""
+        removed = 0
+        for entry in os.scandir(self.tmp):
+            if entry.path not in self._active:
+                self.discard(entry.path)
+                removed += 1
+        return removed
+
+    # --- keys ----------------------------------------------------------------
+    def path(self, key: str) -> str:
+        return os.path.join(self.root, *keys.check_key(key))
+
+    def _inside(self, path: str) -> bool:
+        return os.path.realpath(path) == path
+
+    def stat(self, key: str) -> tuple[str, int, str]:
+        """(path, size, checksum) of a published key, or NotFound."""
+        path = self.path(key)
+        try:
+            st = os.stat(path, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or not self._inside(path):
+                raise FileNotFoundError
+            digest = os.getxattr(path, XATTR, follow_symlinks=False).decode()
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"no such key: {keys.url(key)}") from None
+        except OSError as e:
+            if e.errno == errno.ENODATA:
+                raise NotFound(f"no checksum stored for {keys.url(key)}") from None
+            raise
+        return path, st.st_size, digest
+
+    def exists(self, key: str) -> bool:
+        return os.path.lexists(self.path(key))
+
+    def _make_parents(self, key: str, parts: list[str]) -> str:
+        d = self.root
+        for i, part in enumerate(parts[:-1]):
+            d = os.path.join(d, part)
+            try:
+                os.mkdir(d)
+            except FileExistsError:
+                if not stat.S_ISDIR(os.lstat(d).st_mode):
+                    raise BadKey(f"{keys.url('/'.join(parts[:i + 1]))} is a key, "
+                                 f"so it cannot also be a directory of {keys.url(key)}") from None
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    raise NoSpace("no space left") from None
+                raise
+        return os.path.join(d, parts[-1])
+
+    def publish(self, src: str, key: str, digest: str) -> None:
+        """Make the finished file `src` the key, atomically; never overwrites."""
+        parts = keys.check_key(key)
+        try:
+            os.setxattr(src, XATTR, digest.encode())
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise NoSpace("no space left") from None
+            raise
+        os.chmod(src, 0o444)
+        final = self._make_parents(key, parts)
+        try:
+            os.link(src, final)
+        except FileExistsError:
+            self._prune(os.path.dirname(final))
+            what = "a directory" if os.path.isdir(final) else "immutable: rm it first"
+            raise Exists(f"key exists ({what}): {keys.url(key)}") from None
+        os.unlink(src)
+        self._active.discard(src)
+
+    def delete(self, key: str) -> None:
+        path = self.path(key)
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"no such key: {keys.url(key)}") from None
+        if not stat.S_ISREG(st.st_mode) or not self._inside(path):
+            raise NotFound(f"no such key: {keys.url(key)}")
+        os.unlink(path)
+        self._prune(os.path.dirname(path))
+
+    def _prune(self, d: str) -> None:
+        """Remove empty directories from `d` up to (and including) the bucket."""
+        while d != self.root and d.startswith(self.root + "/"):
+            try:
+                os.rmdir(d)
+            except OSError:
+                return
+            d = os.path.dirname(d)
+
+    # --- listing ---------------------------------------------------------------
+    def _walk(self, d: str, rel: str):
+        """(wire path, size, mtime) of every key below directory d; no symlinks."""
+        try:
+            entries = list(os.scandir(d))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                yield from self._walk(e.path, rel + e.name + "/")
+            elif e.is_file(follow_symlinks=False):
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                yield rel + e.name, st.st_size, st.st_mtime
+
+    def _dir_of(self, prefix: str) -> tuple[str, str, str]:
+        """Split a prefix into (dir path on disk, dir as wire path + '/', partial name)."""
+        parts = keys.check_prefix(prefix)
+        whole, partial = parts[:-1], parts[-1] if parts else ""
+        d = os.path.join(self.root, *whole)
+        return d, "".join(p + "/" for p in whole), partial
+
+    def _children(self, d: str, partial: str, top: bool):
+        if not self._inside(d):
+            return []
+        try:
+            entries = list(os.scandir(d))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return [e for e in entries if e.name.startswith(partial) and not (top and e.name.startswith("_"))]
+
+    def list(self, prefix: str, recursive: bool) -> list[tuple[str, int | None, float]]:
+        """Recursive: every key whose wire path starts with prefix (full paths).
+        Otherwise: the entries of prefix's directory whose names start with its
+        last component; directories as `name/` with size None."""
+        d, rel, partial = self._dir_of(prefix)
+        out = []
+        for e in self._children(d, partial, top=not rel):
+            if e.is_dir(follow_symlinks=False):
+                if recursive:
+                    out.extend(self._walk(e.path, rel + e.name + "/"))
+                else:
+                    out.append((e.name + "/", None, e.stat(follow_symlinks=False).st_mtime))
+            elif e.is_file(follow_symlinks=False) and rel:
+                st = e.stat(follow_symlinks=False)
+                out.append((rel + e.name if recursive else e.name, st.st_size, st.st_mtime))
+        return out
+
+    def keys_under(self, indir: str) -> list[tuple[str, int]]:
+        """(wire key, size) of every key below the directory `indir` (wire, ends in '/')."""
+        d, rel, _ = self._dir_of(indir)
+        if not rel or not self._inside(d):
+            return []
+        return [(key, size) for key, size, _ in self._walk(d, rel)]
+
+    def usage(self) -> tuple[int, int]:
+        count = size = 0
+        for e in self._children(self.root, "", top=True):
+            if e.is_dir(follow_symlinks=False):
+                for _, n, _ in self._walk(e.path, ""):
+                    count += 1
+                    size += n
+        return count, size

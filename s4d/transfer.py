@@ -1,0 +1,211 @@
+"""Moving bytes between sockets and files inside the daemon (trio).
+
+Bulk data never passes through Python: `sendfile` goes file -> socket with
+os.sendfile, `recv_stream_to_file` goes socket -> pipe -> file with
+os.splice. Both follow trio's raw-fd shape: try the syscall, on
+BlockingIOError await wait_readable/wait_writable, retry; a checkpoint every
+few MiB keeps long transfers cancellable. Frames (metadata) use the socket's
+ordinary recv/send and read exactly what the decoder asks for, so the bytes
+after a frame stay in the kernel for splice.
+
+Every wait on the peer happens inside an `Idle` scope: no progress for its
+seconds -> errors.Timeout. Progress pushes the deadline back, so a slow but
+moving transfer of any size is fine and a stalled one is cut.
+
+Integrity is hashed where the bytes land (`hash_file`), after the fact: one
+extra read of a file that is still in the page cache, paid to keep bytes
+out of Python on the receive path.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+
+import trio
+import xxhash
+
+from s4d import limits, protocol
+from s4d.errors import NoSpace, ProtocolError, Timeout, Unavailable
+
+_F_SETPIPE_SZ = 1031
+
+
+class Idle:
+    """A cancel scope whose deadline moves back on every `touch()`."""
+
+    def __init__(self, seconds: float, what: str):
+        self.seconds = seconds
+        self.what = what
+
+    def __enter__(self) -> "Idle":
+        self._scope = trio.CancelScope(deadline=trio.current_time() + self.seconds)
+        self._scope.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        handled = self._scope.__exit__(*exc)
+        if self._scope.cancelled_caught:
+            raise Timeout(f"{self.what}: no progress for {self.seconds:g}s")
+        return handled
+
+    def touch(self) -> None:
+        self._scope.deadline = trio.current_time() + self.seconds
+
+
+def _broken(e: OSError, what: str) -> Exception:
+    if e.errno == errno.ENOSPC:
+        return NoSpace("no space left")
+    return Unavailable(f"{what}: {e.strerror or e}")
+
+
+async def recv_exactly(sock, n: int, idle: Idle) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        try:
+            data = await sock.recv(n - len(buf))
+        except OSError as e:
+            raise _broken(e, "connection lost") from e
+        if not data:
+            raise Unavailable("connection closed mid-message")
+        buf += data
+        idle.touch()
+    return bytes(buf)
+
+
+async def recv_frame(sock, idle: Idle) -> dict | None:
+    """The next frame, or None if the peer closed cleanly between frames."""
+    decoder = protocol.FrameDecoder()
+    while True:
+        frame = decoder.next_frame()
+        if frame is not None:
+            return frame
+        try:
+            data = await sock.recv(decoder.bytes_wanted())
+        except OSError as e:
+            raise _broken(e, "connection lost") from e
+        if not data:
+            if decoder.pending:
+                raise ProtocolError("connection closed mid-frame")
+            return None
+        decoder.feed(data)
+        idle.touch()
+
+
+async def send_all(sock, data: bytes, idle: Idle) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            sent = await sock.send(view)
+        except OSError as e:
+            raise _broken(e, "connection lost") from e
+        view = view[sent:]
+        idle.touch()
+
+
+async def send_frame(sock, msg: dict, idle: Idle) -> None:
+    await send_all(sock, protocol.encode(msg), idle)
+
+
+async def sendfile(sock, fd: int, size: int, idle: Idle) -> None:
+    """Send `size` bytes of `fd` from offset 0 with os.sendfile."""
+    offset = 0
+    since_checkpoint = 0
+    while offset < size:
+        try:
+            sent = os.sendfile(sock.fileno(), fd, offset, min(size - offset, limits.SENDFILE_BYTES))
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+            continue
+        except OSError as e:
+            raise _broken(e, "connection lost while sending") from e
+        if sent == 0:
+            raise Unavailable("file shrank while sending")
+        offset += sent
+        since_checkpoint += sent
+        idle.touch()
+        if since_checkpoint >= limits.CHECKPOINT_EVERY_BYTES:
+            since_checkpoint = 0
+            await trio.lowlevel.checkpoint()
+
+
+def _pipe() -> tuple[int, int]:
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fcntl.fcntl(w, _F_SETPIPE_SZ, limits.PIPE_BYTES)
+    except OSError:
+        pass  # over /proc/sys/fs/pipe-max-size: the default 64 KiB pipe still works
+    return r, w
+
+
+async def _splice_exactly(sock, fd: int, n: int, pipe: tuple[int, int], idle: Idle) -> None:
+    r, w = pipe
+    flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+    since_checkpoint = 0
+    while n:
+        try:
+            got = os.splice(sock.fileno(), w, min(n, limits.SPLICE_BYTES), flags=flags)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(sock)
+            continue
+        except OSError as e:
+            raise _broken(e, "connection lost while receiving") from e
+        if got == 0:
+            raise Unavailable("connection closed mid-transfer")
+        n -= got
+        since_checkpoint += got
+        while got:  # the pipe holds `got` bytes; the file side never blocks for long
+            try:
+                got -= os.splice(r, fd, got, flags=os.SPLICE_F_MOVE)
+            except OSError as e:
+                raise _broken(e, "write failed") from e
+        idle.touch()
+        if since_checkpoint >= limits.CHECKPOINT_EVERY_BYTES:
+            since_checkpoint = 0
+            await trio.lowlevel.checkpoint()
+
+
+async def recv_stream_to_file(sock, fd: int, idle: Idle) -> int:
+    """Receive a chunked stream into `fd`; return the byte count."""
+    pipe = _pipe()
+    total = 0
+    try:
+        while True:
+            n = protocol.decode_chunk_header(
+                await recv_exactly(sock, protocol.CHUNK_HEADER_BYTES, idle))
+            if n == 0:
+                return total
+            await _splice_exactly(sock, fd, n, pipe, idle)
+            total += n
+    finally:
+        os.close(pipe[0])
+        os.close(pipe[1])
+
+
+async def send_stream_from(sock, stream: trio.abc.ReceiveStream, idle: Idle) -> int:
+    """Forward a trio stream (a child's stdout) to the socket as chunks."""
+    total = 0
+    while True:
+        data = await stream.receive_some(limits.BUFFER_BYTES)
+        if not data:
+            await send_all(sock, protocol.END_OF_STREAM, idle)
+            return total
+        await send_all(sock, protocol.encode_chunk_header(len(data)) + data, idle)
+        total += len(data)
+
+
+def hash_file(path: str) -> str:
+    """xxh3-64 hex digest of a file (run in a thread for large files)."""
+    h = xxhash.xxh3_64()
+    buf = bytearray(limits.BUFFER_BYTES)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+async def hash_file_async(path: str, size: int) -> str:
+    if size <= limits.HASH_INLINE_MAX_BYTES:
+        return hash_file(path)
+    return await trio.to_thread.run_sync(hash_file, path)
