@@ -1,0 +1,413 @@
+"""The blocking s4 client: what `s4ctl`, the tests and bench/ call.
+
+Plain sockets and threads, no trio (a small `cp` is dominated by start-up
+time). One method per op, named as the op: put, get, ls, rm, eval, map,
+map_to_n, map_from_n, health. Keys and prefixes are wire paths
+(`bucket/key`, no scheme). Errors are the daemon's S4Error classes; a busy
+node is retried with backoff up to CLIENT_BUSY_TIMEOUT_S.
+
+Integrity: a put sends the xxh3 of what it read and the node compares it
+with what landed on its disk; a get hashes what arrives and compares it with
+the checksum the node stored at write time, so corruption anywhere between
+the writer's file and the reader's is an error, never data.
+"""
+from __future__ import annotations
+
+import os
+import select
+import socket
+import threading
+import time
+
+import xxhash
+
+from s4d import keys, limits, placement, protocol
+from s4d.errors import (Busy, ChecksumMismatch, S4Error, Timeout, Unavailable, from_wire)
+
+Node = tuple[str, int]
+
+
+def node_name(node: Node) -> str:
+    return "%s:%d" % node
+
+
+class Conn:
+    """One blocking connection to one node, with frame helpers."""
+
+    def __init__(self, node: Node, connect_timeout: float = limits.CONNECT_TIMEOUT_S,
+                 idle_timeout: float = limits.CLIENT_IDLE_TIMEOUT_S):
+        self.node = node
+        self.name = node_name(node)
+        try:
+            self.sock = socket.create_connection(node, timeout=connect_timeout)
+        except socket.timeout:
+            raise Unavailable(f"cannot reach {self.name}: connect timed out") from None
+        except OSError as e:
+            raise Unavailable(f"cannot reach {self.name}: {e.strerror or e}") from None
+        self.sock.settimeout(idle_timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.idle_timeout = idle_timeout
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _broken(self, e: OSError) -> S4Error:
+        if isinstance(e, socket.timeout):
+            return Timeout(f"{self.name}: no progress for {self.idle_timeout:g}s")
+        return Unavailable(f"connection to {self.name} lost: {e.strerror or e}")
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError as e:
+            raise self._error_reply_or(e) from None
+
+    def send_frame(self, msg: dict) -> None:
+        self.send(protocol.encode(msg))
+
+    def recv_into(self, view: memoryview) -> int:
+        try:
+            n = self.sock.recv_into(view)
+        except OSError as e:
+            raise self._broken(e) from None
+        if n == 0:
+            raise Unavailable(f"{self.name} closed the connection mid-transfer")
+        return n
+
+    def recv_exactly(self, n: int) -> bytes:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            got += self.recv_into(view[got:])
+        return bytes(buf)
+
+    def recv_frame(self) -> dict:
+        length = protocol.decode_frame_header(self.recv_exactly(protocol.FRAME_HEADER_BYTES))
+        return protocol.decode_frame_body(self.recv_exactly(length))
+
+    def recv_reply(self) -> dict:
+        """The next frame; an error frame is raised as its S4Error."""
+        msg = self.recv_frame()
+        if "error" in msg:
+            raise from_wire(msg)
+        return msg
+
+    def _error_reply_or(self, e: OSError) -> S4Error:
+        """A send failed: the node may have said why before closing."""
+        try:
+            self.sock.settimeout(1.0)
+            return from_wire(self.recv_frame())
+        except (S4Error, OSError):
+            return self._broken(e)
+
+    def error_pending(self) -> bool:
+        """True if the node has sent something mid-upload (an error frame)."""
+        return bool(select.select([self.sock], [], [], 0)[0])
+
+    def sendfile(self, f, offset: int, size: int) -> None:
+        """Send size bytes of f from offset; stop early if the node answers (an error)."""
+        end = offset + size
+        while offset < end:
+            count = min(end - offset, limits.SENDFILE_BYTES)
+            try:
+                sent = self.sock.sendfile(f, offset, count)
+            except OSError as e:
+                raise self._error_reply_or(e) from None
+            if sent == 0:
+                raise S4Error(f"{getattr(f, 'name', 'file')} shrank while it was being sent")
+            offset += sent
+            if self.error_pending():
+                self.recv_reply()
+                raise Unavailable(f"{self.name} answered before the upload finished")
+
+
+def _hash_file_range(f, size: int) -> str:
+    h = xxhash.xxh3_64()
+    buf = bytearray(limits.BUFFER_BYTES)
+    view = memoryview(buf)
+    fd = f.fileno()
+    offset = 0
+    while offset < size:
+        n = os.preadv(fd, [view[:min(len(buf), size - offset)]], offset)
+        if n == 0:
+            break
+        h.update(view[:n])
+        offset += n
+    return h.hexdigest()
+
+
+class _Hasher(threading.Thread):
+    """Hash a file beside the sendfile that sends it (xxhash drops the GIL)."""
+
+    def __init__(self, f, size: int):
+        super().__init__(daemon=True)
+        self.f, self.size, self.digest = f, size, None
+
+    def run(self) -> None:
+        self.digest = _hash_file_range(self.f, self.size)
+
+
+class Client:
+    def __init__(self, nodes: list[Node]):
+        self.nodes = nodes
+        self._local = threading.local()
+
+    # --- connections --------------------------------------------------------------
+    def node_for(self, path: str) -> Node:
+        return self.nodes[placement.node_index(path, len(self.nodes))]
+
+    def _conn(self, node: Node) -> tuple[Conn, bool]:
+        """A connection to node for this thread: (conn, reused)."""
+        cache = self._local.__dict__.setdefault("conns", {})
+        conn = cache.pop(node, None)
+        if conn is not None:
+            return conn, True
+        return Conn(node), False
+
+    def _release(self, conn: Conn) -> None:
+        self._local.__dict__.setdefault("conns", {})[conn.node] = conn
+
+    def close(self) -> None:
+        for conn in self._local.__dict__.get("conns", {}).values():
+            conn.close()
+        self._local.__dict__["conns"] = {}
+
+    def _call(self, node: Node, request: dict, body=None):
+        """Send request, await the first reply, run body(conn, reply) if given.
+
+        Retries a busy node with backoff, and a reused connection that turns out
+        to be dead before its first reply. The connection is kept for the next
+        call only if everything succeeded."""
+        backoff = limits.CLIENT_BACKOFF_FIRST_S
+        deadline = time.monotonic() + limits.CLIENT_BUSY_TIMEOUT_S
+        while True:
+            conn, reused = self._conn(node)
+            try:
+                try:
+                    conn.send_frame(request)
+                    reply = conn.recv_reply()
+                except Unavailable:
+                    if reused:
+                        conn.close()
+                        continue
+                    raise
+                result = body(conn, reply) if body else reply
+            except Busy as e:
+                conn.close()
+                if time.monotonic() > deadline:
+                    raise Busy(f"{e.message}; gave up after {limits.CLIENT_BUSY_TIMEOUT_S:g}s of retries") from None
+                time.sleep(backoff)
+                backoff = min(backoff * 2, limits.CLIENT_BACKOFF_MAX_S)
+                continue
+            except BaseException:
+                conn.close()
+                raise
+            self._release(conn)
+            return result
+
+    # --- data ------------------------------------------------------------------------
+    def put(self, key: str, path: str | None = None, stream=None) -> int:
+        """Store a local file (path) or a binary stream of unknown length as key."""
+        keys.check_key(key)
+        if path is not None:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                return self._call(self.node_for(key), {"op": "put", "key": key},
+                                  lambda conn, _: self._put_file(conn, f, size))
+        return self._call(self.node_for(key), {"op": "put", "key": key},
+                          lambda conn, _: self._put_stream(conn, stream))
+
+    def _put_file(self, conn: Conn, f, size: int) -> int:
+        hasher = _Hasher(f, size)
+        if size > limits.HASH_INLINE_MAX_BYTES:
+            hasher.start()
+        else:
+            hasher.run()
+        conn.send(protocol.encode_chunk_header(size))
+        conn.sendfile(f, 0, size)
+        conn.send(protocol.END_OF_STREAM)
+        hasher.join() if hasher.is_alive() else None
+        conn.send_frame({"xxh3": hasher.digest, "size": size})
+        return conn.recv_reply()["size"]
+
+    def _put_stream(self, conn: Conn, stream) -> int:
+        h = xxhash.xxh3_64()
+        buf = bytearray(limits.BUFFER_BYTES)
+        view = memoryview(buf)
+        size = 0
+        while n := stream.readinto(buf):
+            h.update(view[:n])
+            conn.send(protocol.encode_chunk_header(n))
+            conn.send(view[:n])
+            size += n
+            if conn.error_pending():
+                conn.recv_reply()
+        conn.send(protocol.END_OF_STREAM)
+        conn.send_frame({"xxh3": h.hexdigest(), "size": size})
+        return conn.recv_reply()["size"]
+
+    def _recv_verified(self, conn: Conn, reply: dict, out_fd: int, what: str) -> int:
+        """Receive reply['size'] bytes into out_fd, checking them against reply['xxh3']."""
+        size = reply["size"]
+        h = xxhash.xxh3_64()
+        buf = bytearray(min(limits.BUFFER_BYTES, max(size, 1)))
+        view = memoryview(buf)
+        left = size
+        while left:
+            n = conn.recv_into(view[:min(left, len(buf))])
+            h.update(view[:n])
+            written = 0
+            while written < n:
+                written += os.write(out_fd, view[written:n])
+            left -= n
+        if h.hexdigest() != reply["xxh3"]:
+            raise ChecksumMismatch(f"checksum mismatch reading {what} from {conn.name}: the stored "
+                                   f"xxh3 is {reply['xxh3']}, the bytes received hash to "
+                                   f"{h.hexdigest()} (corrupt on disk or on the wire)")
+        return size
+
+    def get(self, key: str, out_fd: int) -> int:
+        """Write key's bytes to out_fd, verified against the checksum stored at write time."""
+        keys.check_key(key)
+        return self._call(self.node_for(key), {"op": "get", "key": key},
+                          lambda conn, reply: self._recv_verified(conn, reply, out_fd, keys.url(key)))
+
+    def eval(self, key: str, cmd: str, out_fd: int, timeout: float | None = None) -> int:
+        keys.check_key(key)
+        request = {"op": "eval", "key": key, "cmd": cmd, "timeout": timeout}
+        return self._call(self.node_for(key), request,
+                          lambda conn, reply: self._recv_verified(conn, reply, out_fd, "eval output"))
+
+    # --- metadata, fanned out to every node ----------------------------------------------
+    def fanout(self, fn, nodes: list[Node] | None = None) -> list:
+        """fn(node) on every node at once; results in node order; the first error is raised."""
+        nodes = nodes or self.nodes
+        results: list = [None] * len(nodes)
+        errors: list = [None] * len(nodes)
+
+        def run(i: int) -> None:
+            try:
+                results[i] = fn(nodes[i])
+            except BaseException as e:
+                errors[i] = e
+            finally:
+                self.close()
+
+        threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(nodes))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for e in errors:
+            if e is not None:
+                raise e
+        return results
+
+    def _ls_node(self, node: Node, prefix: str, recursive: bool) -> list:
+        def body(conn: Conn, msg: dict) -> list:
+            entries = []
+            while "entries" in msg:
+                entries += msg["entries"]
+                msg = conn.recv_reply()
+            return entries
+        return self._call(node, {"op": "ls", "prefix": prefix, "recursive": recursive}, body)
+
+    def ls(self, prefix: str, recursive: bool = False) -> list[tuple[str, int | None, int]]:
+        """Merged listing from every node, sorted by name; directories once, size None."""
+        keys.check_prefix(prefix)
+        merged: dict[str, tuple] = {}
+        for entries in self.fanout(lambda node: self._ls_node(node, prefix, recursive)):
+            for name, size, mtime in entries:
+                if name not in merged or (merged[name][2] < mtime):
+                    merged[name] = (name, size, mtime)
+        return [merged[name] for name in sorted(merged)]
+
+    def rm(self, prefix: str, recursive: bool = False) -> int:
+        request = {"op": "rm", "prefix": prefix, "recursive": recursive}
+        if not recursive:
+            keys.check_key(prefix)
+            return self._call(self.node_for(prefix), request)["deleted"]
+        keys.check_prefix(prefix)
+        return sum(r["deleted"] for r in self.fanout(lambda node: self._call(node, request)))
+
+    def health(self) -> list[tuple[Node, dict | None, str | None]]:
+        """(node, figures, error) for every node; never raises for a down node."""
+        def check(node: Node):
+            started = time.monotonic()
+            try:
+                conn = Conn(node, limits.HEALTH_TIMEOUT_S, limits.HEALTH_TIMEOUT_S)
+                try:
+                    conn.send_frame({"op": "health"})
+                    figures = conn.recv_reply()
+                finally:
+                    conn.close()
+                figures["rtt_ms"] = (time.monotonic() - started) * 1000
+                return node, figures, None
+            except S4Error as e:
+                return node, None, e.message
+            except OSError as e:
+                return node, None, str(e)
+        return self.fanout(check)
+
+    # --- maps ---------------------------------------------------------------------------
+    def map(self, indir, outdir, cmd, **kw) -> dict:
+        return self._map("map", indir, outdir, cmd, **kw)
+
+    def map_to_n(self, indir, outdir, cmd, **kw) -> dict:
+        return self._map("map_to_n", indir, outdir, cmd, **kw)
+
+    def map_from_n(self, indir, outdir, cmd, **kw) -> dict:
+        return self._map("map_from_n", indir, outdir, cmd, **kw)
+
+    def _map(self, op: str, indir: str, outdir: str, cmd: str, timeout: float | None = None,
+             on_progress=None) -> dict:
+        """Run op on every node at once. on_progress(done, total, bytes) is called as
+        figures arrive. The first failure closes the other nodes' connections, which
+        cancels their work, and is raised."""
+        request = {"op": op, "indir": indir, "outdir": outdir, "cmd": cmd, "timeout": timeout}
+        figures = {node: {"done": 0, "total": 0, "bytes": 0} for node in self.nodes}
+        conns: dict[Node, Conn] = {}
+        failed = threading.Event()
+        lock = threading.Lock()
+
+        def report() -> None:
+            if on_progress:
+                with lock:
+                    on_progress(*(sum(f[k] for f in figures.values()) for k in ("done", "total", "bytes")))
+
+        def run(node: Node) -> dict:
+            conn = conns[node]
+            try:
+                conn.send_frame(request)
+                while True:
+                    msg = conn.recv_reply()
+                    if "progress" in msg:
+                        figures[node] = msg["progress"]
+                        report()
+                    elif msg.get("ok"):
+                        figures[node] = {k: msg[k] for k in ("done", "total", "bytes")}
+                        report()
+                        return msg
+            except S4Error:
+                if failed.is_set():  # cancelled because another node failed first
+                    return {}
+                failed.set()
+                for other in conns.values():
+                    if other is not conn:
+                        _shut(other)
+                raise
+            finally:
+                conn.close()
+
+        for node in self.nodes:
+            conns[node] = Conn(node)
+        self.fanout(run)
+        return {k: sum(f[k] for f in figures.values()) for k in ("done", "total", "bytes")}
+
+
+def _shut(conn: Conn) -> None:
+    try:
+        conn.sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
