@@ -87,12 +87,14 @@ async def _serve(server, host: str | None, port: int, conf_path: str | None) -> 
     import trio
     from s4d import sdnotify
     log = logging.getLogger("s4d")
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.serve, host, port)
-        log.info("s4d %s serving %s (node %d of %d, conf %s) data in %s", __version__, server.name,
-                 server.self_index, len(server.nodes), conf_path or "default", server.storage.root)
-        sdnotify.notify("READY=1")
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    # the signal receiver exists before READY=1, so an early SIGTERM still stops cleanly
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve, host, port)
+            log.info("s4d %s serving %s (node %d of %d, conf %s) data in %s", __version__,
+                     server.name, server.self_index, len(server.nodes), conf_path or "default",
+                     server.storage.root)
+            sdnotify.notify("READY=1")
             async for signum in signals:
                 log.info("%s: stopping (in-flight work gets %gs)", signal.Signals(signum).name,
                          limits.STOP_GRACE_S)

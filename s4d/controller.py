@@ -139,10 +139,11 @@ class Controller:
                 await proc.stderr.aclose()
         if proc.returncode != 0:
             text = tail.decode(errors="replace").strip()
-            last = text.splitlines()[-1] if text else ""
+            # the tail of stderr, on the one line an error gets
+            last = " | ".join(line.strip() for line in text.splitlines()[-3:] if line.strip())
             raise CommandFailed(
                 f"command failed on {self.name} for {what}: exit {proc.returncode}"
-                + (f": {last}" if last else ""),
+                + (f", stderr: {last[-500:]}" if last else ", no stderr"),
                 node=self.name, key=what, exit=proc.returncode, stderr=text)
 
     async def _run_to_temp(self, cmd: str, stdin_path: str, env: dict, timeout, what: str,

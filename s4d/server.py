@@ -147,14 +147,15 @@ class Server:
 
     @asynccontextmanager
     async def io_slot(self):
-        with trio.move_on_after(limits.BUSY_WAIT_S):
+        """Hold one of --max-io-jobs slots; waiting longer than BUSY_WAIT_S -> Busy."""
+        with trio.move_on_after(limits.BUSY_WAIT_S) as waiting:
             await self.io.acquire()
-            try:
-                yield
-            finally:
-                self.io.release()
-            return
-        raise Busy(f"{self.name} is busy: all {self.io.total_tokens} io slots are in use")
+        if waiting.cancelled_caught:
+            raise Busy(f"{self.name} is busy: all {self.io.total_tokens} io slots are in use")
+        try:
+            yield
+        finally:
+            self.io.release()
 
     # --- handlers: one per op --------------------------------------------------------
     async def handle_put(self, sock, msg: dict) -> dict:
