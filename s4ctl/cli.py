@@ -201,7 +201,7 @@ def cmd_cp(args: dict, conf_path) -> int:
     if args["--recursive"]:
         if _is_s4(src):
             return _get_tree(client, keys.strip_scheme(src), dst)
-        return _put_tree(client, src, keys.strip_scheme(dst))
+        return _put_tree(client, keys.strip_scheme(dst), src)
     if _is_s4(dst):
         key = keys.strip_scheme(dst)
         if src == "-":
@@ -230,7 +230,7 @@ def _download(client, key: str, dst: str) -> None:
     parent = os.path.dirname(dst) or "."
     os.makedirs(parent, exist_ok=True)
     temp = os.path.join(parent, f".{os.path.basename(dst)}.s4tmp.{os.getpid()}.{id(key)}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)  # RDWR: hashed by mmap
     try:
         try:
             client.get(key, fd)
@@ -279,7 +279,8 @@ def _parallel(client, jobs: list, fn) -> None:
 
 def _get_tree(client, prefix: str, dst: str) -> int:
     from s4d import keys
-    entries = client.ls(prefix, recursive=True)
+    # every key under the directory prefix/ (not s4://b/xy for s4://b/x, nor bucket bb for b)
+    entries = client.ls(prefix.rstrip("/") + "/", recursive=True)
     if not entries:
         raise UsageError(f"no keys under {keys.url(prefix)}")
     bucket, _, path = prefix.rstrip("/").partition("/")
@@ -292,7 +293,7 @@ def _get_tree(client, prefix: str, dst: str) -> int:
         strip = bucket + "/" + path + "/"
     jobs = []
     for name, _, _ in entries:
-        key = bucket + "/" + name
+        key = name  # ls -r names are whole wire paths, bucket included
         rel = key[len(strip):] if key.startswith(strip) else keys.basename(key)
         jobs.append((key, os.path.join(dst, rel)))
 
@@ -328,8 +329,8 @@ def cmd_ls(args: dict, conf_path) -> int:
     from s4d import keys
     prefix = keys.strip_scheme(args["PREFIX"]) if args["PREFIX"] else ""
     recursive = args["--recursive"]
-    if prefix and "/" not in prefix and not recursive:
-        prefix += "/"  # `ls s4://bucket` lists the bucket, as aws s3 ls does
+    if prefix and "/" not in prefix:
+        prefix += "/"  # `ls [-r] s4://bucket` lists that bucket (not bucket2), as aws s3 ls does
     entries = _client(args, conf_path).ls(prefix, recursive)
     out = []
     for name, size, mtime in entries:

@@ -31,7 +31,6 @@ Options:
 from __future__ import annotations
 
 import logging
-import os
 import resource
 import signal
 import sys

@@ -12,9 +12,9 @@ Every wait on the peer happens inside an `Idle` scope: no progress for its
 seconds -> errors.Timeout. Progress pushes the deadline back, so a slow but
 moving transfer of any size is fine and a stalled one is cut.
 
-Integrity is hashed where the bytes land (`hash_file`), after the fact: one
-extra read of a file that is still in the page cache, paid to keep bytes
-out of Python on the receive path.
+Integrity is hashed where the bytes land (`hash_file_async`), after the
+fact: one mmap'd pass over a file that is still in the page cache, paid to
+keep bytes out of Python on the receive path.
 """
 from __future__ import annotations
 
@@ -23,9 +23,8 @@ import fcntl
 import os
 
 import trio
-import xxhash
 
-from s4d import limits, protocol
+from s4d import checksum, limits, protocol
 from s4d.errors import NoSpace, ProtocolError, Timeout, Unavailable
 
 _F_SETPIPE_SZ = 1031
@@ -194,18 +193,8 @@ async def send_stream_from(sock, stream: trio.abc.ReceiveStream, idle: Idle) -> 
         total += len(data)
 
 
-def hash_file(path: str) -> str:
-    """xxh3-64 hex digest of a file (run in a thread for large files)."""
-    h = xxhash.xxh3_64()
-    buf = bytearray(limits.BUFFER_BYTES)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest()
-
-
 async def hash_file_async(path: str, size: int) -> str:
+    """xxh3 of a file that just landed: inline when small, else in a thread."""
     if size <= limits.HASH_INLINE_MAX_BYTES:
-        return hash_file(path)
-    return await trio.to_thread.run_sync(hash_file, path)
+        return checksum.hash_file(path)
+    return await trio.to_thread.run_sync(checksum.hash_file, path)
