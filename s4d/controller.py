@@ -23,7 +23,7 @@ from typing import Awaitable, Callable
 import trio
 
 from s4d import keys, limits, placement
-from s4d.errors import CommandFailed, S4Error, Timeout
+from s4d.errors import CommandFailed, NoSpace, S4Error, Timeout
 from s4d.storage import Storage
 from s4d.transfer import hash_file_async
 
@@ -165,7 +165,10 @@ class Controller:
         digest = await hash_file_async(path, size)
         owner = placement.node_index(key, len(self.nodes))
         if owner == self.self_index:
-            self.storage.publish(path, key, digest)
+            try:
+                self.storage.publish(path, key, digest)
+            except NoSpace:
+                raise NoSpace(f"no space left on {self.name} for {keys.url(key)}") from None
         else:
             await self.push(owner, key, path, digest, size)
 
@@ -285,8 +288,10 @@ def _printed_files(listing: str, cwd: str, node: str, what: str) -> list[str]:
     for line in lines:
         if not line.strip():
             continue
-        path = os.path.realpath(os.path.join(cwd, line))
-        if not (path.startswith(cwd + "/") and os.path.isfile(path)):
+        printed = os.path.join(cwd, line)
+        path = os.path.realpath(printed)
+        # a symlink would publish its target under the target's name (or lose a name)
+        if not (path.startswith(cwd + "/") and os.path.isfile(path)) or os.path.islink(printed):
             raise CommandFailed(f"command on {node} for {what} printed {line!r}, "
                                 "which is not a file it wrote in its directory",
                                 node=node, key=what, exit=0, stderr="")
