@@ -34,6 +34,13 @@ def node_name(node: Node) -> str:
     return "%s:%d" % node
 
 
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    """poll(2), not select(2): select fails on fds over 1023, which a busy process has."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
+
+
 class Conn:
     """One blocking connection to one node, with frame helpers."""
 
@@ -106,7 +113,7 @@ class Conn:
 
     def error_pending(self) -> bool:
         """True if the node has sent something mid-upload (an error frame)."""
-        return bool(select.select([self.sock], [], [], 0)[0])
+        return _readable(self.sock, 0)
 
     def splice_into(self, fd: int, size: int) -> None:
         """Move size bytes from the socket into fd by splice(2), through a pipe."""
@@ -123,7 +130,7 @@ class Conn:
                     n = os.splice(sock_fd, w, min(left, limits.SPLICE_BYTES),
                                   flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
                 except BlockingIOError:  # the socket has a timeout, so it is non-blocking
-                    if not select.select([self.sock], [], [], self.idle_timeout)[0]:
+                    if not _readable(self.sock, self.idle_timeout):
                         raise Timeout(f"{self.name}: no progress for {self.idle_timeout:g}s") from None
                     continue
                 except OSError as e:
@@ -226,8 +233,9 @@ class Client:
 
     def _put_file(self, conn: Conn, f, size: int) -> int:
         digest = checksum.hash_fd(f.fileno(), size)  # mmap'd: ~0.05 s per cached GiB
-        conn.send(protocol.encode_chunk_header(size))
-        conn.sendfile(f, 0, size)
+        if size:  # a zero-length chunk would end the stream: an empty file is no chunk at all
+            conn.send(protocol.encode_chunk_header(size))
+            conn.sendfile(f, 0, size)
         conn.send(protocol.END_OF_STREAM)
         conn.send_frame({"xxh3": digest, "size": size})
         return conn.recv_reply()["size"]

@@ -158,7 +158,7 @@ def check_request(msg: dict) -> str:
             _check_fields(msg, {name: typ}, op)
     if isinstance(msg.get("timeout"), _NUMBER) and not msg["timeout"] > 0:
         raise BadRequest(f"{op}: timeout must be positive")
-    if len(msg.get("cmd", "")) > limits.CMD_MAX_BYTES:
+    if isinstance(msg.get("cmd"), str) and len(msg["cmd"]) > limits.CMD_MAX_BYTES:
         raise BadRequest(f"{op}: command longer than {limits.CMD_MAX_BYTES} bytes")
     return op
 

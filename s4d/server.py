@@ -21,8 +21,8 @@ import trio
 
 from s4d import __version__, errors, keys, limits, protocol
 from s4d.controller import Controller, Progress
-from s4d.errors import (Busy, ChecksumMismatch, Exists, NotFound, ProtocolError, S4Error,
-                        Unavailable)
+from s4d.errors import (Busy, ChecksumMismatch, Exists, NoSpace, NotFound, ProtocolError,
+                        S4Error, Unavailable)
 from s4d.storage import Storage
 from s4d.transfer import (Idle, hash_file_async, recv_frame, recv_stream_to_file, send_all,
                           send_frame, sendfile)
@@ -94,6 +94,8 @@ class Server:
         try:
             while await self._serve_request(sock, peer):
                 pass
+        except Exception:  # a bug outside any handler: it ends this connection, not the daemon
+            log.exception("internal error serving %s", peer)
         finally:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
@@ -112,7 +114,9 @@ class Server:
             return False
         started = trio.current_time()
         op = msg.get("op")
-        target = msg.get("key") or msg.get("prefix") or msg.get("indir") or ""
+        # for the log only, before any check: the peer may have sent any JSON there
+        target = next((v for v in (msg.get("key"), msg.get("prefix"), msg.get("indir"))
+                       if isinstance(v, str) and v), "")
         try:
             op = protocol.check_request(msg)
             result = await getattr(self, f"handle_{op}")(sock, msg) or {}
@@ -182,6 +186,8 @@ class Server:
                         f"checksum mismatch putting {keys.url(key)}: sent {trailer['size']} bytes "
                         f"xxh3 {trailer['xxh3']}, {self.name} received {size} bytes xxh3 {digest}")
                 self.storage.publish(temp, key, digest)
+            except NoSpace:  # raised where the bytes land, which knows no node or key
+                raise NoSpace(f"no space left on {self.name} for {keys.url(key)}") from None
             finally:
                 self.storage.discard(temp)
         with Idle(self.idle_s, "put reply") as idle:
@@ -340,9 +346,10 @@ class Server:
                 await sock.connect((host, port))
                 await send_frame(sock, {"op": "put", "key": key}, idle)
                 _check_reply(await recv_frame(sock, idle), host, port)
-                with open(path, "rb") as f:
-                    await send_all(sock, protocol.encode_chunk_header(size), idle)
-                    await sendfile(sock, f.fileno(), size, idle)
+                if size:  # a zero-length chunk would end the stream early
+                    with open(path, "rb") as f:
+                        await send_all(sock, protocol.encode_chunk_header(size), idle)
+                        await sendfile(sock, f.fileno(), size, idle)
                 await send_all(sock, protocol.END_OF_STREAM, idle)
                 await send_frame(sock, {"xxh3": digest, "size": size}, idle)
                 _check_reply(await recv_frame(sock, idle), host, port)

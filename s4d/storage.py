@@ -34,6 +34,8 @@ class Storage:
         os.makedirs(root, exist_ok=True)
         self.root = os.path.realpath(root)
         self.tmp = os.path.join(self.root, TMP)
+        if os.path.islink(self.tmp):  # planted: temps and the sweep would go through it
+            os.unlink(self.tmp)
         os.makedirs(self.tmp, exist_ok=True)
         self._active: set[str] = set()
         self._check_xattrs()

@@ -9,8 +9,9 @@ def make_cluster(tmp_path):
     made = []
 
     def make(nodes: int = 3, args: tuple[str, ...] = (), start: bool = True) -> Cluster:
-        c = Cluster(tmp_path / f"cluster{len(made)}", nodes, args)
-        c.root.mkdir()
+        root = tmp_path / f"cluster{len(made)}"
+        root.mkdir()  # before Cluster(), which writes the conf into it
+        c = Cluster(root, nodes, args)
         made.append(c)
         if start:
             c.start()
