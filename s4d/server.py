@@ -103,7 +103,8 @@ class Server:
     async def _serve_request(self, sock, peer: str) -> bool:
         """Serve one request; False when the connection should close."""
         try:
-            with Idle(self.idle_s, "waiting for a request") as idle:
+            # a whole request frame within the idle timeout: a trickle cannot hold the connection
+            with Idle(self.idle_s, "waiting for a request", reset=False) as idle:
                 msg = await recv_frame(sock, idle)
         except S4Error as e:
             if isinstance(e, ProtocolError):

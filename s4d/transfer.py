@@ -31,11 +31,15 @@ _F_SETPIPE_SZ = 1031
 
 
 class Idle:
-    """A cancel scope whose deadline moves back on every `touch()`."""
+    """A cancel scope whose deadline moves back on every `touch()`.
 
-    def __init__(self, seconds: float, what: str):
+    With reset=False it is a plain deadline: for a small message (a request
+    frame) that must arrive whole in time, however slowly it trickles."""
+
+    def __init__(self, seconds: float, what: str, reset: bool = True):
         self.seconds = seconds
         self.what = what
+        self.reset = reset
 
     def __enter__(self) -> "Idle":
         self._scope = trio.CancelScope(deadline=trio.current_time() + self.seconds)
@@ -45,11 +49,13 @@ class Idle:
     def __exit__(self, *exc) -> bool:
         handled = self._scope.__exit__(*exc)
         if self._scope.cancelled_caught:
-            raise Timeout(f"{self.what}: no progress for {self.seconds:g}s")
+            raise Timeout(f"{self.what}: no progress for {self.seconds:g}s" if self.reset
+                          else f"{self.what}: not done in {self.seconds:g}s")
         return handled
 
     def touch(self) -> None:
-        self._scope.deadline = trio.current_time() + self.seconds
+        if self.reset:
+            self._scope.deadline = trio.current_time() + self.seconds
 
 
 def _broken(e: OSError, what: str) -> Exception:

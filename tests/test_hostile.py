@@ -475,6 +475,32 @@ def test_generated_requests_get_a_typed_reply_from_a_live_daemon_that_stays_unha
     daemon.assert_unharmed()
 
 
+def test_a_request_frame_trickled_a_byte_at_a_time_is_cut_at_the_idle_timeout(daemon):
+    s = socket.create_connection(("127.0.0.1", daemon.port), timeout=IDLE_S + MARGIN_S)
+    with s:
+        s.sendall(struct.pack(">I", 1000))
+        started = time.monotonic()
+        closed = None
+        while time.monotonic() - started < IDLE_S * 4 + MARGIN_S:
+            try:
+                s.sendall(b" ")  # progress, but never a whole frame
+            except OSError:
+                closed = time.monotonic() - started
+                break
+            if _readable_or_closed(s):
+                closed = time.monotonic() - started
+                break
+            time.sleep(IDLE_S / 4)
+    assert closed is not None, "a trickling peer held its connection open"
+    assert closed < IDLE_S + MARGIN_S
+    daemon.assert_unharmed()
+
+
+def _readable_or_closed(s: socket.socket) -> bool:
+    import select
+    return bool(select.select([s], [], [], 0)[0])
+
+
 def test_a_thousand_idle_connections_are_closed_after_the_idle_timeout_and_leak_no_fds(daemon):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = 1200
