@@ -229,7 +229,8 @@ def _download(client, key: str, dst: str) -> None:
     """Get key into dst via a temp file beside it: a failed check leaves nothing."""
     parent = os.path.dirname(dst) or "."
     os.makedirs(parent, exist_ok=True)
-    temp = os.path.join(parent, f".{os.path.basename(dst)}.s4tmp.{os.getpid()}.{id(key)}")
+    # the name is cut so that a 255-byte basename (a legal key) still leaves room for the suffix
+    temp = os.path.join(parent, f".{os.path.basename(dst)[:200]}.s4tmp.{os.getpid()}.{id(key)}")
     fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)  # RDWR: hashed by mmap
     try:
         try:
