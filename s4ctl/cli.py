@@ -221,6 +221,8 @@ def cmd_cp(args: dict, conf_path) -> int:
         return 0
     if dst.endswith("/") or os.path.isdir(dst):
         dst = os.path.join(dst, keys.basename(key))
+    if os.path.isdir(dst):
+        raise UsageError(f"cannot write {src} to {dst}: it is a directory")
     _download(client, key, dst)
     return 0
 

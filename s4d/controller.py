@@ -23,7 +23,7 @@ from typing import Awaitable, Callable
 import trio
 
 from s4d import keys, limits, placement
-from s4d.errors import CommandFailed, NoSpace, S4Error, Timeout
+from s4d.errors import ChecksumMismatch, CommandFailed, NoSpace, S4Error, Timeout
 from s4d.storage import Storage
 from s4d.transfer import hash_file_async
 
@@ -159,6 +159,17 @@ class Controller:
             raise
         return out
 
+    async def _verified(self, key: str) -> str:
+        """The path of a key whose bytes still hash to the checksum stored at write
+        time: a command never reads corruption silently (one mmap'd pass, in the
+        page cache that the command then reads from)."""
+        path, size, stored = self.storage.stat(key)
+        digest = await hash_file_async(path, size)
+        if digest != stored:
+            raise ChecksumMismatch(f"{keys.url(key)} is corrupt on {self.name}: stored xxh3 "
+                                   f"{stored}, its bytes hash to {digest}", node=self.name)
+        return path
+
     async def _publish(self, path: str, key: str) -> None:
         """Publish a finished file as key here, or push it to the node it belongs on."""
         size = os.stat(path).st_size
@@ -191,7 +202,7 @@ class Controller:
             key, size = item
             cwd = self.storage.new_temp_dir()
             try:
-                out = await self._run_to_temp(msg["cmd"], self.storage.path(key),
+                out = await self._run_to_temp(msg["cmd"], await self._verified(key),
                                               {"filename": keys.basename(key)},
                                               msg.get("timeout"), keys.url(key), cwd)
                 try:
@@ -216,7 +227,7 @@ class Controller:
             name = keys.basename(key)
             cwd = self.storage.new_temp_dir()
             try:
-                listing = await self._run_to_temp(msg["cmd"], self.storage.path(key),
+                listing = await self._run_to_temp(msg["cmd"], await self._verified(key),
                                                   {"filename": name}, msg.get("timeout"),
                                                   keys.url(key), cwd)
                 try:
@@ -248,7 +259,7 @@ class Controller:
         progress.total = len(inputs)
 
         async def one(members) -> None:
-            paths = "".join(self.storage.path(k) + "\n" for k, _ in members)
+            paths = "".join([await self._verified(k) + "\n" for k, _ in members])
             name = group_name([k for k, _ in members])
             listing = self.storage.new_temp("in")
             cwd = self.storage.new_temp_dir()
@@ -271,7 +282,7 @@ class Controller:
 
     async def eval(self, key: str, cmd: str, timeout: float | None) -> str:
         """Run cmd over a key; return the temp file holding its stdout (caller discards)."""
-        path, _, _ = self.storage.stat(key)
+        path = await self._verified(key)
         cwd = self.storage.new_temp_dir()
         try:
             return await self._run_to_temp(cmd, path, {"filename": keys.basename(key)},

@@ -199,6 +199,19 @@ def test_a_key_corrupted_on_disk_is_never_served(shared, b, tmp_path, how):
     assert not [n for n in os.listdir(tmp_path / "tree") if n != "fine"]
 
 
+def test_a_key_corrupted_on_disk_is_never_fed_to_a_command(shared, b):
+    url = f"s4://{b}/in/000_k"
+    shared.s4ctl("cp", "-", url, input=b"data\n" * 1000)
+    corrupt(shared.key_path(shared.node_of(url), url), "flip")
+
+    assert_one_line_error(shared.s4ctl("eval", url, "cat", check=False), "corrupt", url)
+    for op in ("map", "map-to-n", "map-from-n"):
+        cmd = "cat > x && echo x" if op == "map-to-n" else ("xargs cat" if op == "map-from-n" else "cat")
+        proc = shared.s4ctl(op, f"s4://{b}/in/", f"s4://{b}/{op}/", cmd, check=False)
+        assert_one_line_error(proc, "corrupt", url)
+    assert shared.s4ctl("ls", "-r", f"s4://{b}/map", check=False).returncode == 1  # no outputs
+
+
 # --- what is on disk -----------------------------------------------------------------
 
 def test_stored_files_are_read_only(shared, b, tmp_path):
