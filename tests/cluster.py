@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+START_TIMEOUT_S = 30.0  # generous: CI and parallel test runs load this 2-core machine
 BIN = Path(sys.executable).parent
 S4D = str(BIN / "s4d")
 S4CTL = str(BIN / "s4ctl")
@@ -59,7 +60,7 @@ class Cluster:
                                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         for j in ([i] if i is not None else range(len(self.ports))):
             try:
-                wait_port(self.ports[j])
+                wait_port(self.ports[j], timeout=START_TIMEOUT_S)
             except TimeoutError:
                 raise RuntimeError(f"s4d node{j} did not start:\n{self.logs[j].read_text()}")
 
@@ -135,6 +136,20 @@ class Cluster:
             if self.key_path(i, key).exists():
                 return i
         raise AssertionError(f"{key} is on no node")
+
+    def command_processes(self) -> list:
+        """Live processes whose cwd is under the cluster's root: map and eval
+        commands (they run in temp dirs inside the data dirs; daemons and s4ctl
+        run from elsewhere)."""
+        import psutil
+        root = os.path.realpath(self.root)
+        found = []
+        for p in psutil.process_iter(["cwd", "status"]):
+            cwd = p.info.get("cwd")
+            if p.info.get("status") != psutil.STATUS_ZOMBIE and cwd and (
+                    cwd == root or cwd.startswith(root + "/")):
+                found.append(p)
+        return found
 
     def close(self) -> None:
         self.stop()

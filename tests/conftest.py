@@ -1,3 +1,5 @@
+import uuid
+
 import pytest
 
 from tests.cluster import Cluster
@@ -20,9 +22,26 @@ def make_cluster(tmp_path):
     yield make
     for c in made:
         c.stop()
+        for p in c.command_processes():  # what a failed test may have left running
+            p.kill()
 
 
 @pytest.fixture
 def cluster(make_cluster) -> Cluster:
     """A started 3-node cluster on loopback; cwd-independent (use cluster.root)."""
     return make_cluster()
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> Cluster:
+    """One started 3-node cluster for a whole test module; each test takes its own bucket (`b`)."""
+    c = Cluster(tmp_path_factory.mktemp("shared-cluster"), 3)
+    c.start()
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def b() -> str:
+    """A fresh bucket name for one test."""
+    return "b" + uuid.uuid4().hex[:10]

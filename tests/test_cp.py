@@ -4,7 +4,6 @@ One cluster serves the whole module; every test works in its own bucket and
 its own local directory, so tests cannot see each other's keys.
 """
 import os
-import uuid
 
 import pytest
 
@@ -13,18 +12,6 @@ from tests.cluster import Cluster
 MiB = 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("cp-cluster"), 3)
-    c.start()
-    yield c
-    c.stop()
-
-
-@pytest.fixture
-def b():
-    """A fresh bucket name for one test."""
-    return "cp" + uuid.uuid4().hex[:10]
 
 
 def tree(root) -> dict[str, bytes]:

@@ -6,7 +6,6 @@ import socket
 import stat
 import subprocess
 import time
-import uuid
 
 import pytest
 import xxhash
@@ -17,17 +16,6 @@ from tests.cluster import S4CTL, Cluster
 MiB = 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("integrity-cluster"), 3)
-    c.start()
-    yield c
-    c.stop()
-
-
-@pytest.fixture
-def b():
-    return "i" + uuid.uuid4().hex[:10]
 
 
 def get(c: Cluster, url: str) -> bytes:

@@ -7,7 +7,6 @@ data dirs: nothing may be read from it, written to it, listed or deleted.
 """
 import os
 import socket
-import uuid
 
 import pytest
 import xxhash
@@ -17,17 +16,6 @@ from s4d.errors import BadKey
 from tests.cluster import Cluster
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("keys-cluster"), 3)
-    c.start()
-    yield c
-    c.stop()
-
-
-@pytest.fixture
-def b():
-    return "k" + uuid.uuid4().hex[:10]
 
 
 LONG_COMPONENT = "x" * (limits.KEY_COMPONENT_MAX_BYTES + 1)

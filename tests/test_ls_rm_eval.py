@@ -20,17 +20,6 @@ BUCKET = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (\S+)$")
 COMMANDS = ["cp", "ls", "rm", "eval", "map", "map-to-n", "map-from-n", "health", "config"]
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("ls-cluster"), 3)
-    c.start()
-    yield c
-    c.stop()
-
-
-@pytest.fixture
-def b():
-    return "ls" + uuid.uuid4().hex[:10]
 
 
 def put(c: Cluster, b: str, *names: str, data: bytes = b"") -> None:

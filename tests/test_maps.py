@@ -11,7 +11,6 @@ cwd lies under the cluster's root is one of ours and must be gone.
 from __future__ import annotations
 
 import collections
-import os
 import random
 import signal
 import subprocess
@@ -21,44 +20,12 @@ import time
 import uuid
 import zlib
 
-import psutil
 import pytest
 
-from tests.cluster import S4CTL, Cluster, wait_port
+from tests.cluster import S4CTL
 
 PY = sys.executable  # the commands run on the daemons' host: this same machine
 NODES = 3
-
-
-# conftest's fixtures, plus: daemons on a machine loaded by other test runs get
-# 30 s (not Cluster.start's 5 s) to listen, and teardown kills any map command a
-# failed test left running (found by its cwd under the cluster's root).
-@pytest.fixture
-def make_cluster(tmp_path):
-    made = []
-
-    def make(nodes: int = NODES, args: tuple[str, ...] = ()) -> Cluster:
-        root = tmp_path / f"cluster{len(made)}"
-        root.mkdir()
-        c = Cluster(root, nodes, args)
-        made.append(c)
-        try:
-            c.start()
-        except RuntimeError:  # Cluster.start waits 5 s; a loaded machine may need longer
-            for port in c.ports:
-                wait_port(port, timeout=30)
-        return c
-
-    yield make
-    for c in made:
-        c.stop()
-        for p in our_processes(c):  # what a failed test may have left running
-            p.kill()
-
-
-@pytest.fixture
-def cluster(make_cluster) -> Cluster:
-    return make_cluster()
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -102,20 +69,6 @@ def get(cluster, key: str) -> str:
     return cluster.s4ctl("cp", key, "-").stdout
 
 
-def our_processes(cluster) -> list[psutil.Process]:
-    """Live processes whose cwd is under the cluster's root: the map commands (the
-    daemons and s4ctl run from elsewhere)."""
-    root = os.path.realpath(cluster.root)
-    found = []
-    for p in psutil.process_iter(["cwd", "cmdline", "status"]):
-        cwd = p.info.get("cwd")
-        if p.info.get("status") == psutil.STATUS_ZOMBIE or not cwd:
-            continue
-        if cwd == root or cwd.startswith(root + "/"):
-            found.append(p)
-    return found
-
-
 def wait_until(check, timeout: float, interval: float = 0.1):
     """Poll check() until it is true or timeout passes; return its last value."""
     deadline = time.monotonic() + timeout
@@ -127,8 +80,8 @@ def wait_until(check, timeout: float, interval: float = 0.1):
 
 
 def assert_no_commands_left(cluster, timeout: float = 10.0) -> None:
-    wait_until(lambda: not our_processes(cluster), timeout)
-    left = our_processes(cluster)
+    wait_until(lambda: not cluster.command_processes(), timeout)
+    left = cluster.command_processes()
     assert not left, "map commands still running: " + "; ".join(
         f"pid {p.pid} {p.info['cmdline']}" for p in left)
 
@@ -596,8 +549,8 @@ def test_interrupting_s4ctl_stops_the_map_on_every_node(cluster):
                             env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         # every node's commands are running (bash and its sleep, 2 keys per node)
-        assert wait_until(lambda: len(our_processes(cluster)) == 12, timeout=15), \
-            [p.info["cmdline"] for p in our_processes(cluster)]
+        assert wait_until(lambda: len(cluster.command_processes()) == 12, timeout=15), \
+            [p.info["cmdline"] for p in cluster.command_processes()]
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=15) != 0
     finally:
