@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import subprocess
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
@@ -146,18 +147,20 @@ class Controller:
                 + (f", stderr: {last[-500:]}" if last else ", no stderr"),
                 node=self.name, key=what, exit=proc.returncode, stderr=text)
 
-    async def _run_to_temp(self, cmd: str, stdin_path: str, env: dict, timeout, what: str,
-                           cwd: str) -> str:
-        """Run cmd with stdin from a file and stdout to a new temp file; return its path."""
+    @asynccontextmanager
+    async def command(self, cmd: str, stdin_path: str, filename: str, timeout, what: str):
+        """Run cmd in a fresh temp dir, stdin from a file, stdout to a temp file;
+        yield (stdout path, the dir). Both are removed when the block ends."""
+        cwd = self.storage.new_temp_dir()
         out = self.storage.new_temp("out")
         try:
             with open(stdin_path, "rb") as fin, open(out, "xb") as fout:
                 await self.run(cmd, stdin=fin.fileno(), stdout=fout.fileno(), cwd=cwd,
-                               env=env, timeout=timeout, what=what)
-        except BaseException:
+                               env={"filename": filename}, timeout=timeout, what=what)
+            yield out, cwd
+        finally:
             self.storage.discard(out)
-            raise
-        return out
+            self.storage.discard(cwd)
 
     async def _verified(self, key: str) -> str:
         """The path of a key whose bytes still hash to the checksum stored at write
@@ -200,17 +203,9 @@ class Controller:
 
         async def one(item) -> None:
             key, size = item
-            cwd = self.storage.new_temp_dir()
-            try:
-                out = await self._run_to_temp(msg["cmd"], await self._verified(key),
-                                              {"filename": keys.basename(key)},
-                                              msg.get("timeout"), keys.url(key), cwd)
-                try:
-                    await self._publish(out, outdir + key[len(indir):])
-                finally:
-                    self.storage.discard(out)
-            finally:
-                self.storage.discard(cwd)
+            async with self.command(msg["cmd"], await self._verified(key), keys.basename(key),
+                                    msg.get("timeout"), keys.url(key)) as (out, _):
+                await self._publish(out, outdir + key[len(indir):])
             progress.done += 1
             progress.bytes += size
 
@@ -222,28 +217,19 @@ class Controller:
         progress.total = len(inputs)
         pushes = trio.CapacityLimiter(limits.PUSH_PARALLEL)
 
+        async def publish(pair) -> None:
+            path, out_key = pair
+            async with pushes:
+                await self._publish(path, out_key)
+
         async def one(item) -> None:
             key, size = item
             name = keys.basename(key)
-            cwd = self.storage.new_temp_dir()
-            try:
-                listing = await self._run_to_temp(msg["cmd"], await self._verified(key),
-                                                  {"filename": name}, msg.get("timeout"),
-                                                  keys.url(key), cwd)
-                try:
-                    files = _printed_files(listing, cwd, self.name, keys.url(key))
-                finally:
-                    self.storage.discard(listing)
-
-                async def publish(pair) -> None:
-                    path, out_key = pair
-                    async with pushes:
-                        await self._publish(path, out_key)
-
+            async with self.command(msg["cmd"], await self._verified(key), name,
+                                    msg.get("timeout"), keys.url(key)) as (listing, cwd):
+                files = _printed_files(listing, cwd, self.name, keys.url(key))
                 pairs = [(path, f"{outdir}{name}/{os.path.basename(path)}") for path in files]
                 await run_pool(pairs, publish, limits.PUSH_PARALLEL)
-            finally:
-                self.storage.discard(cwd)
             progress.done += 1
             progress.bytes += size
 
@@ -262,33 +248,25 @@ class Controller:
             paths = "".join([await self._verified(k) + "\n" for k, _ in members])
             name = group_name([k for k, _ in members])
             listing = self.storage.new_temp("in")
-            cwd = self.storage.new_temp_dir()
             try:
                 with open(listing, "w") as f:
                     f.write(paths)
-                out = await self._run_to_temp(msg["cmd"], listing, {"filename": name},
-                                              msg.get("timeout"), keys.url(outdir + name), cwd)
-                try:
+                async with self.command(msg["cmd"], listing, name, msg.get("timeout"),
+                                        keys.url(outdir + name)) as (out, _):
                     await self._publish(out, outdir + name)
-                finally:
-                    self.storage.discard(out)
             finally:
                 self.storage.discard(listing)
-                self.storage.discard(cwd)
             progress.done += len(members)
             progress.bytes += sum(size for _, size in members)
 
         await run_pool(list(groups.values()), one, self.limiter.total_tokens)
 
-    async def eval(self, key: str, cmd: str, timeout: float | None) -> str:
-        """Run cmd over a key; return the temp file holding its stdout (caller discards)."""
-        path = await self._verified(key)
-        cwd = self.storage.new_temp_dir()
-        try:
-            return await self._run_to_temp(cmd, path, {"filename": keys.basename(key)},
-                                           timeout, keys.url(key), cwd)
-        finally:
-            self.storage.discard(cwd)
+    @asynccontextmanager
+    async def eval(self, key: str, cmd: str, timeout: float | None):
+        """Run cmd over a key; yield the temp file holding its stdout."""
+        async with self.command(cmd, await self._verified(key), keys.basename(key), timeout,
+                                keys.url(key)) as (out, _):
+            yield out
 
 
 def _printed_files(listing: str, cwd: str, node: str, what: str) -> list[str]:

@@ -217,13 +217,10 @@ class Server:
             return {"bytes": await self._send_file(sock, path, digest, keys.url(key))}
 
     async def handle_eval(self, sock, msg: dict) -> dict:
-        out = await self.controller.eval(msg["key"], msg["cmd"], msg.get("timeout"))
-        try:
+        async with self.controller.eval(msg["key"], msg["cmd"], msg.get("timeout")) as out:
             digest = await hash_file_async(out, os.stat(out).st_size)
             async with self.io_slot():
                 return {"bytes": await self._send_file(sock, out, digest, "eval output")}
-        finally:
-            self.storage.discard(out)
 
     async def handle_ls(self, sock, msg: dict) -> dict:
         entries = await trio.to_thread.run_sync(self.storage.list, msg["prefix"], msg["recursive"])
