@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import _socket
 import select
-import socket
 import stat
 import threading
 import time
@@ -34,11 +34,39 @@ def node_name(node: Node) -> str:
     return "%s:%d" % node
 
 
-def _readable(sock: socket.socket, timeout: float) -> bool:
+def _connect(node: Node, timeout: float):
+    """A connected TCP socket, from _socket: the `socket` module costs ~10 ms of
+    import (selectors, and an enum of every constant), a third of a small cp's
+    budget, and the client needs none of it. The host goes in as bytes, which
+    spares the idna codec's import too."""
+    host, port = node
+    error: OSError = OSError(f"no address for {host}")
+    for family, kind, proto, _, addr in _socket.getaddrinfo(host.encode(), port, 0,
+                                                            _socket.SOCK_STREAM):
+        sock = _socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(addr)  # an ASCII address literal: no codec involved
+            return sock
+        except OSError as e:
+            sock.close()
+            error = e
+    raise error
+
+
+def _ready(sock, event: int, timeout: float) -> bool:
     """poll(2), not select(2): select fails on fds over 1023, which a busy process has."""
     poller = select.poll()
-    poller.register(sock, select.POLLIN)
+    poller.register(sock, event)
     return bool(poller.poll(timeout * 1000))
+
+
+def _readable(sock, timeout: float) -> bool:
+    return _ready(sock, select.POLLIN, timeout)
+
+
+def _writable(sock, timeout: float) -> bool:
+    return _ready(sock, select.POLLOUT, timeout)
 
 
 class Conn:
@@ -49,20 +77,20 @@ class Conn:
         self.node = node
         self.name = node_name(node)
         try:
-            self.sock = socket.create_connection(node, timeout=connect_timeout)
-        except socket.timeout:
+            self.sock = _connect(node, connect_timeout)
+        except TimeoutError:
             raise Unavailable(f"cannot reach {self.name}: connect timed out") from None
         except OSError as e:
             raise Unavailable(f"cannot reach {self.name}: {e.strerror or e}") from None
         self.sock.settimeout(idle_timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         self.idle_timeout = idle_timeout
 
     def close(self) -> None:
         self.sock.close()
 
     def _broken(self, e: OSError) -> S4Error:
-        if isinstance(e, socket.timeout):
+        if isinstance(e, TimeoutError):
             return Timeout(f"{self.name}: no progress for {self.idle_timeout:g}s")
         return Unavailable(f"connection to {self.name} lost: {e.strerror or e}")
 
@@ -115,8 +143,9 @@ class Conn:
         """True if the node has sent something mid-upload (an error frame)."""
         return _readable(self.sock, 0)
 
-    def splice_into(self, fd: int, size: int) -> None:
-        """Move size bytes from the socket into fd by splice(2), through a pipe."""
+    def splice_into(self, fd: int, size: int, trailing: checksum.Trailing) -> None:
+        """Move size bytes from the socket into fd by splice(2), through a pipe;
+        `trailing` hashes them a window behind."""
         r, w = os.pipe2(os.O_CLOEXEC)
         try:
             try:
@@ -140,25 +169,35 @@ class Conn:
                 left -= n
                 while n:
                     n -= os.splice(r, fd, n, flags=os.SPLICE_F_MOVE)
+                trailing.advance(size - left)
         finally:
             os.close(r)
             os.close(w)
 
     def sendfile(self, f, offset: int, size: int) -> None:
-        """Send size bytes of f from offset; stop early if the node answers (an error)."""
+        """Send size bytes of f from offset with os.sendfile, waiting (poll) only on
+        EAGAIN; stop early if the node answers, which mid-upload means an error."""
         end = offset + size
+        sock_fd, file_fd = self.sock.fileno(), f.fileno()
+        sent_since_check = 0
         while offset < end:
-            count = min(end - offset, limits.SENDFILE_BYTES)
             try:
-                sent = self.sock.sendfile(f, offset, count)
+                sent = os.sendfile(sock_fd, file_fd, offset, min(end - offset, limits.SENDFILE_BYTES))
+            except BlockingIOError:  # the socket has a timeout, so it is non-blocking
+                if not _writable(self.sock, self.idle_timeout):
+                    raise Timeout(f"{self.name}: no progress for {self.idle_timeout:g}s") from None
+                continue
             except OSError as e:
                 raise self._error_reply_or(e) from None
             if sent == 0:
                 raise S4Error(f"{getattr(f, 'name', 'file')} shrank while it was being sent")
             offset += sent
-            if self.error_pending():
-                self.recv_reply()
-                raise Unavailable(f"{self.name} answered before the upload finished")
+            sent_since_check += sent
+            if sent_since_check >= limits.SENDFILE_BYTES:
+                sent_since_check = 0
+                if self.error_pending():
+                    self.recv_reply()
+                    raise Unavailable(f"{self.name} answered before the upload finished")
 
 
 class Client:
@@ -232,12 +271,17 @@ class Client:
                           lambda conn, _: self._put_stream(conn, stream))
 
     def _put_file(self, conn: Conn, f, size: int) -> int:
-        digest = checksum.hash_fd(f.fileno(), size)  # mmap'd: ~0.05 s per cached GiB
-        if size:  # a zero-length chunk would end the stream: an empty file is no chunk at all
-            conn.send(protocol.encode_chunk_header(size))
-            conn.sendfile(f, 0, size)
-        conn.send(protocol.END_OF_STREAM)
-        conn.send_frame({"xxh3": digest, "size": size})
+        trailing = checksum.Trailing(f.fileno())  # hashes in a thread beside sendfile
+        trailing.advance(size)
+        try:
+            if size:  # a zero-length chunk would end the stream: an empty file is no chunk at all
+                conn.send(protocol.encode_chunk_header(size))
+                conn.sendfile(f, 0, size)
+            conn.send(protocol.END_OF_STREAM)
+        except BaseException:
+            trailing.abort()
+            raise
+        conn.send_frame({"xxh3": trailing.finish(size), "size": size})
         return conn.recv_reply()["size"]
 
     def _put_stream(self, conn: Conn, stream) -> int:
@@ -266,8 +310,13 @@ class Client:
         st = os.fstat(out_fd)
         if (stat.S_ISREG(st.st_mode) and st.st_size == 0 and os.lseek(out_fd, 0, os.SEEK_CUR) == 0
                 and fcntl.fcntl(out_fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR):
-            conn.splice_into(out_fd, size)
-            digest = checksum.hash_fd(out_fd, size)
+            trailing = checksum.Trailing(out_fd)
+            try:
+                conn.splice_into(out_fd, size, trailing)
+            except BaseException:
+                trailing.abort()
+                raise
+            digest = trailing.finish(size)
         else:
             h = xxhash.xxh3_64()
             buf = bytearray(min(limits.BUFFER_BYTES, max(size, 1)))
@@ -428,6 +477,6 @@ class Client:
 
 def _shut(conn: Conn) -> None:
     try:
-        conn.sock.shutdown(socket.SHUT_RDWR)
+        conn.sock.shutdown(_socket.SHUT_RDWR)
     except OSError:
         pass

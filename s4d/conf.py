@@ -9,7 +9,6 @@ host and client must use the same file.
 from __future__ import annotations
 
 import os
-import socket
 
 from s4d import limits
 
@@ -59,7 +58,9 @@ def load(explicit: str | None = None) -> tuple[list[Node], str | None]:
 
 
 def own_addresses() -> set[str]:
-    import psutil  # daemon only: the client never needs to know who it is
+    import socket  # daemon only, like psutil: the client never needs to know who it is
+
+    import psutil
     addrs = {"0.0.0.0", "::"}
     for snics in psutil.net_if_addrs().values():
         for snic in snics:
@@ -69,6 +70,7 @@ def own_addresses() -> set[str]:
 
 
 def resolve(host: str) -> set[str]:
+    import socket
     try:
         return {info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
     except socket.gaierror:

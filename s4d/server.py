@@ -170,18 +170,18 @@ class Server:
         async with self.io_slot():
             temp = self.storage.new_temp()
             try:
-                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                # read-write: what lands is hashed through mmap as it lands
+                fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
                 try:
                     with Idle(self.idle_s, f"put {keys.url(key)}") as idle:
                         await send_frame(sock, {"ok": True}, idle)
-                        size = await recv_stream_to_file(sock, fd, idle)
+                        size, digest = await recv_stream_to_file(sock, fd, idle)
                         trailer = await recv_frame(sock, idle)
                 finally:
                     os.close(fd)
                 if trailer is None:
                     raise Unavailable("client went away before finishing the put")
                 protocol.check_put_trailer(trailer)
-                digest = await hash_file_async(temp, size)
                 if trailer["size"] != size or trailer["xxh3"] != digest:
                     raise ChecksumMismatch(
                         f"checksum mismatch putting {keys.url(key)}: sent {trailer['size']} bytes "
@@ -245,14 +245,16 @@ class Server:
         else:
             keys.check_prefix(prefix)
             deleted = 0
+            emptied: set[str] = set()
             for name, _, _ in await trio.to_thread.run_sync(self.storage.list, prefix, True):
                 try:
-                    self.storage.delete(name)
+                    emptied.add(self.storage.delete(name, prune=False))
                     deleted += 1
                 except NotFound:
                     pass
                 if deleted % 1000 == 0:
                     await trio.lowlevel.checkpoint()
+            self.storage.prune(emptied)
         with Idle(self.idle_s, "rm reply") as idle:
             await send_frame(sock, {"ok": True, "deleted": deleted}, idle)
         return {"deleted": deleted}

@@ -142,7 +142,10 @@ class Storage:
         os.unlink(src)
         self._active.discard(src)
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, prune: bool = True) -> str:
+        """Remove a key; return its directory. prune=False leaves empty directories
+        to `prune` later: rmdir of a big directory emptied from the front rescans
+        it every time, which made deleting its keys one by one quadratic."""
         path = self.path(key)
         try:
             st = os.lstat(path)
@@ -151,7 +154,14 @@ class Storage:
         if not stat.S_ISREG(st.st_mode) or not self._inside(path):
             raise NotFound(f"no such key: {keys.url(key)}")
         os.unlink(path)
-        self._prune(os.path.dirname(path))
+        if prune:
+            self._prune(os.path.dirname(path))
+        return os.path.dirname(path)
+
+    def prune(self, dirs: set[str]) -> None:
+        """Remove the empty ones of dirs and their empty parents, deepest first."""
+        for d in sorted(dirs, key=lambda d: d.count("/"), reverse=True):
+            self._prune(d)
 
     def _prune(self, d: str) -> None:
         """Remove empty directories from `d` up to (and including) the bucket."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+from typing import Callable
 
 import trio
 
@@ -143,7 +144,8 @@ def _pipe() -> tuple[int, int]:
     return r, w
 
 
-async def _splice_exactly(sock, fd: int, n: int, pipe: tuple[int, int], idle: Idle) -> None:
+async def _splice_exactly(sock, fd: int, n: int, pipe: tuple[int, int], idle: Idle,
+                          landed: Callable[[int], None]) -> None:
     r, w = pipe
     flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
     since_checkpoint = 0
@@ -159,48 +161,55 @@ async def _splice_exactly(sock, fd: int, n: int, pipe: tuple[int, int], idle: Id
             raise Unavailable("connection closed mid-transfer")
         n -= got
         since_checkpoint += got
-        while got:  # the pipe holds `got` bytes; the file side never blocks for long
+        left = got
+        while left:  # the pipe holds `got` bytes; the file side never blocks for long
             try:
-                got -= os.splice(r, fd, got, flags=os.SPLICE_F_MOVE)
+                left -= os.splice(r, fd, left, flags=os.SPLICE_F_MOVE)
             except OSError as e:
                 raise _broken(e, "write failed") from e
+        landed(got)
         idle.touch()
         if since_checkpoint >= limits.CHECKPOINT_EVERY_BYTES:
             since_checkpoint = 0
             await trio.lowlevel.checkpoint()
 
 
-async def recv_stream_to_file(sock, fd: int, idle: Idle) -> int:
-    """Receive a chunked stream into `fd`; return the byte count."""
+async def recv_stream_to_file(sock, fd: int, idle: Idle) -> tuple[int, str]:
+    """Receive a chunked stream into `fd` (opened read-write, empty); return the
+    byte count and the xxh3 of what landed, hashed a window behind the writer."""
     pipe = _pipe()
+    trailing = checksum.Trailing(fd)
     total = 0
+
+    def landed(n: int) -> None:
+        nonlocal total
+        total += n
+        trailing.advance(total)
+
     try:
         while True:
             n = protocol.decode_chunk_header(
                 await recv_exactly(sock, protocol.CHUNK_HEADER_BYTES, idle))
             if n == 0:
-                return total
-            await _splice_exactly(sock, fd, n, pipe, idle)
-            total += n
+                break
+            await _splice_exactly(sock, fd, n, pipe, idle, landed)
+    except BaseException:
+        trailing.abort()
+        raise
     finally:
         os.close(pipe[0])
         os.close(pipe[1])
+    if total <= limits.HASH_INLINE_MAX_BYTES:
+        return total, trailing.finish(total)
+    return total, await trio.to_thread.run_sync(trailing.finish, total, limiter=HASHING)
 
 
-async def send_stream_from(sock, stream: trio.abc.ReceiveStream, idle: Idle) -> int:
-    """Forward a trio stream (a child's stdout) to the socket as chunks."""
-    total = 0
-    while True:
-        data = await stream.receive_some(limits.BUFFER_BYTES)
-        if not data:
-            await send_all(sock, protocol.END_OF_STREAM, idle)
-            return total
-        await send_all(sock, protocol.encode_chunk_header(len(data)) + data, idle)
-        total += len(data)
+# Hashing threads at once: each maps one window, so this bounds resident memory too.
+HASHING = trio.CapacityLimiter(os.cpu_count() or 1)
 
 
 async def hash_file_async(path: str, size: int) -> str:
-    """xxh3 of a file that just landed: inline when small, else in a thread."""
+    """xxh3 of a file that landed whole: inline when small, else in a thread."""
     if size <= limits.HASH_INLINE_MAX_BYTES:
         return checksum.hash_file(path)
-    return await trio.to_thread.run_sync(checksum.hash_file, path)
+    return await trio.to_thread.run_sync(checksum.hash_file, path, limiter=HASHING)

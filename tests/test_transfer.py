@@ -13,7 +13,7 @@ import pytest
 import trio
 import xxhash
 
-from s4d import limits, protocol, transfer
+from s4d import checksum, limits, protocol, transfer
 from s4d.errors import ProtocolError, Timeout, Unavailable
 
 MiB = 1024 * 1024
@@ -174,10 +174,12 @@ def chunked(data: bytes, sizes) -> bytes:
 
 
 async def receive_into_file(sock, path):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         with transfer.Idle(30, "test") as idle:
-            return await transfer.recv_stream_to_file(sock, fd, idle)
+            size, digest = await transfer.recv_stream_to_file(sock, fd, idle)
+            assert digest == checksum.hash_file(str(path))  # hashed as it landed
+            return size
     finally:
         os.close(fd)
 
@@ -264,7 +266,7 @@ async def test_an_idle_scope_times_out_on_a_stream_that_stalls_mid_chunk(autojum
     a, b = trio.socket.socketpair()
     with a, b:
         await a.send(protocol.encode_chunk_header(MiB) + b"x" * 1000)
-        fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o644)
+        fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             with pytest.raises(Timeout):
                 with transfer.Idle(10, "put") as idle:
