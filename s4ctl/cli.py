@@ -323,9 +323,15 @@ def _put_tree(client, prefix: str, src: str) -> int:
 
 
 # --- ls, rm, eval ---------------------------------------------------------------------
-def _stamp(mtime: float) -> str:
-    import time
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(mtime))
+_stamps: dict[int, str] = {}
+
+
+def _stamp(mtime: int) -> str:
+    """The ls time column; keys written together share a second, so format each once."""
+    if mtime not in _stamps:
+        import time
+        _stamps[mtime] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(mtime))
+    return _stamps[mtime]
 
 
 def cmd_ls(args: dict, conf_path) -> int:

@@ -64,10 +64,12 @@ class Storage:
     def discard(self, path: str) -> None:
         self._active.discard(path)
         try:
-            if os.path.isdir(path) and not os.path.islink(path):
+            os.unlink(path)
+        except IsADirectoryError:
+            try:
+                os.rmdir(path)  # most command dirs end empty: skip rmtree's walk
+            except OSError:
                 shutil.rmtree(path, ignore_errors=True)
-            else:
-                os.unlink(path)
         except FileNotFoundError:
             pass
 
