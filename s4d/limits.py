@@ -38,8 +38,11 @@ BUSY_WAIT_S = 2.0             # a request waits this long for a job slot, then g
 CMD_TIMEOUT_S = 24 * 3600.0   # default limit on one map/eval command (kills its process group)
 SWEEP_INTERVAL_S = 60.0       # how often orphaned temp files are removed
 STOP_GRACE_S = 5.0            # on SIGTERM, in-flight work gets this long before it is cancelled
+ERROR_DRAIN_S = 1.0           # after an error frame, read (and drop) what the peer still sends, so
+                              # closing with unread data does not reset the error away
 PROGRESS_INTERVAL_S = 0.5     # map progress frames (also the client's proof of life)
 CONNECT_TIMEOUT_S = 5.0
+ACCEPT_BACKOFF_S = 0.1        # accept() failed (out of fds): wait this long, then accept again
 HEALTH_TIMEOUT_S = 2.0
 
 # Client: how long to keep retrying a busy node, and how long to wait for a

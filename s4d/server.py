@@ -43,6 +43,7 @@ class Server:
                                      cmd_timeout_s, self.push)
         self.started = time.time()
         self._accepting = trio.CancelScope()
+        self._sweeping = trio.CancelScope()
 
     # --- lifecycle ---------------------------------------------------------------
     async def serve(self, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -61,7 +62,7 @@ class Server:
             for listener in listeners:
                 await listener.aclose()
             connections.cancel_scope.deadline = trio.current_time() + limits.STOP_GRACE_S
-            self._sweeper.cancel()
+            self._sweeping.cancel()
 
     def stop(self) -> None:
         self._accepting.cancel()
@@ -72,12 +73,12 @@ class Server:
                 stream = await listener.accept()
             except OSError as e:  # EMFILE and friends: back off, keep serving
                 log.warning("accept failed: %s", e)
-                await trio.sleep(0.1)
+                await trio.sleep(limits.ACCEPT_BACKOFF_S)
                 continue
             connections.start_soon(self._serve_connection, stream)
 
     async def _sweep_forever(self) -> None:
-        with trio.CancelScope() as self._sweeper:
+        with self._sweeping:
             while True:
                 await trio.sleep(limits.SWEEP_INTERVAL_S)
                 removed = self.storage.sweep()
@@ -140,7 +141,7 @@ class Server:
     async def _reply_error(self, sock, e: S4Error) -> None:
         """Send the error frame, then drain what the peer may still be sending
         (briefly) so the kernel does not reset the connection before it reads it."""
-        with trio.move_on_after(1.0):
+        with trio.move_on_after(limits.ERROR_DRAIN_S):
             try:
                 with Idle(self.idle_s, "sending an error") as idle:
                     await send_frame(sock, errors.to_wire(e), idle)
