@@ -303,9 +303,9 @@ class Client:
     def _recv_verified(self, conn: Conn, reply: dict, out_fd: int, what: str) -> int:
         """Receive reply['size'] bytes into out_fd, checking them against reply['xxh3'].
 
-        Into a fresh regular file opened O_RDWR the bytes go socket -> pipe -> file by splice and
-        are hashed from the page cache afterwards; anywhere else (stdout) they pass
-        through one buffer, hashed on the way."""
+        Into a fresh regular file opened O_RDWR the bytes go socket -> pipe -> file by
+        splice and are hashed from the page cache a window behind; anywhere else
+        (stdout) they pass through one buffer, hashed on the way."""
         size = reply["size"]
         st = os.fstat(out_fd)
         if (stat.S_ISREG(st.st_mode) and st.st_size == 0 and os.lseek(out_fd, 0, os.SEEK_CUR) == 0
