@@ -39,6 +39,26 @@ def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> None:
             time.sleep(0.02)
 
 
+def recv_exactly(sock: socket.socket, n: int) -> bytes | None:
+    """n bytes from a raw socket, or None if the peer closes first."""
+    buf = b""
+    while len(buf) < n:
+        data = sock.recv(n - len(buf))
+        if not data:
+            return None
+        buf += data
+    return buf
+
+
+def recv_frame(sock: socket.socket) -> dict | None:
+    """One s4 frame from a raw socket (tests that speak the wire by hand), or None at EOF."""
+    from s4d import protocol
+    header = recv_exactly(sock, protocol.FRAME_HEADER_BYTES)
+    if header is None:
+        return None
+    return protocol.decode_frame_body(recv_exactly(sock, protocol.decode_frame_header(header)) or b"")
+
+
 class Cluster:
     def __init__(self, root: Path, nodes: int = 3, args: tuple[str, ...] = ()):
         self.root = Path(root)

@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 from s4d import keys, limits, protocol
 from s4d.errors import BadKey, BadRequest, ProtocolError
 from s4ctl.client import Client
-from tests.cluster import Cluster
+from tests.cluster import Cluster, recv_exactly
 
 IDLE_S = 2.0
 MARGIN_S = 8.0
@@ -230,16 +230,6 @@ def make_canary(root: Path) -> Path:
     return canary
 
 
-def _recv_exactly(sock, n: int) -> bytes | None:
-    buf = b""
-    while len(buf) < n:
-        data = sock.recv(n - len(buf))
-        if not data:
-            return None
-        buf += data
-    return buf
-
-
 def exchange(port: int, data: bytes, timeout: float = IDLE_S + MARGIN_S, half_close: bool = True) -> list:
     """Send data, half-close, return every frame the node sends before closing.
     A frame that does not decode is returned as the string "<garbage>"."""
@@ -252,9 +242,9 @@ def exchange(port: int, data: bytes, timeout: float = IDLE_S + MARGIN_S, half_cl
             pass
         frames: list = []
         try:
-            while (header := _recv_exactly(sock, 4)) is not None:
+            while (header := recv_exactly(sock, 4)) is not None:
                 try:
-                    body = _recv_exactly(sock, protocol.decode_frame_header(header))
+                    body = recv_exactly(sock, protocol.decode_frame_header(header))
                     frames.append(protocol.decode_frame_body(body or b""))
                 except ProtocolError:
                     frames.append("<garbage>")

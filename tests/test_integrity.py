@@ -11,7 +11,7 @@ import pytest
 import xxhash
 
 from s4d import protocol
-from tests.cluster import S4CTL, Cluster
+from tests.cluster import S4CTL, Cluster, recv_frame
 
 MiB = 1024 * 1024
 
@@ -230,12 +230,6 @@ def test_checksums_are_not_keys_and_a_key_named_like_one_works(shared, b):
 
 
 # --- corruption on the wire: a put whose trailer does not match what arrived ------------------
-
-def recv_frame(sock) -> dict:
-    header = sock.recv(protocol.FRAME_HEADER_BYTES, socket.MSG_WAITALL)
-    body = sock.recv(protocol.decode_frame_header(header), socket.MSG_WAITALL)
-    return protocol.decode_frame_body(body)
-
 
 @pytest.mark.parametrize("trailer", ["wrong-xxh3", "wrong-size", "abort"])
 def test_a_put_whose_checksum_does_not_match_leaves_nothing(shared, b, trailer):

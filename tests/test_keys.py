@@ -13,7 +13,7 @@ import xxhash
 
 from s4d import keys, limits, protocol
 from s4d.errors import BadKey
-from tests.cluster import Cluster
+from tests.cluster import Cluster, recv_frame
 
 
 
@@ -127,14 +127,6 @@ def test_doubled_slashes_in_a_url_collapse_to_one(shared, b):
 
 
 # --- the daemon, attacked directly ------------------------------------------------------
-
-def recv_frame(sock) -> dict | None:
-    header = sock.recv(protocol.FRAME_HEADER_BYTES, socket.MSG_WAITALL)
-    if not header:
-        return None
-    body = sock.recv(protocol.decode_frame_header(header), socket.MSG_WAITALL)
-    return protocol.decode_frame_body(body)
-
 
 def raw(port: int, msg: dict, data: bytes = b"evil\n") -> dict:
     """Send one hand-made request; if the daemon accepts a put, finish it, so a

@@ -27,7 +27,7 @@ import pytest
 import xxhash
 
 from s4d import limits, protocol
-from tests.cluster import S4CTL
+from tests.cluster import S4CTL, recv_frame
 
 IDLE_S = 2.0     # --idle-timeout of the stall tests
 MARGIN_S = 6.0   # slack on every time bound: loaded 2-core machine, other suites beside us
@@ -166,22 +166,7 @@ def raw_put_then_silence(cluster, i: int, key: str, send_data: bytes = b"") -> s
     return sock
 
 
-def recv_frame(sock: socket.socket) -> dict | None:
-    header = recv_exactly(sock, 4)
-    if header is None:
-        return None
-    body = recv_exactly(sock, protocol.decode_frame_header(header))
-    return protocol.decode_frame_body(body)
 
-
-def recv_exactly(sock: socket.socket, n: int) -> bytes | None:
-    buf = b""
-    while len(buf) < n:
-        data = sock.recv(n - len(buf))
-        if not data:
-            return None
-        buf += data
-    return buf
 
 
 def wait_closed_by_peer(sock: socket.socket, timeout: float) -> tuple[float, list[dict]]:
