@@ -227,7 +227,7 @@ def cmd_cp(args: dict, conf_path) -> int:
     return 0
 
 
-def _download(client, key: str, dst: str) -> None:
+def _download(client, key: str, dst: str) -> int:
     """Get key into dst via a temp file beside it: a failed check leaves nothing."""
     parent = os.path.dirname(dst) or "."
     os.makedirs(parent, exist_ok=True)
@@ -236,10 +236,11 @@ def _download(client, key: str, dst: str) -> None:
     fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)  # RDWR: hashed by mmap
     try:
         try:
-            client.get(key, fd)
+            size = client.get(key, fd)
         finally:
             os.close(fd)
         os.replace(temp, dst)
+        return size
     except BaseException:
         try:
             os.unlink(temp)
@@ -249,12 +250,15 @@ def _download(client, key: str, dst: str) -> None:
 
 
 def _parallel(client, jobs: list, fn) -> None:
-    """Run fn(job) over jobs on a few threads, each reusing its own connections."""
+    """Run fn(job) -> bytes over jobs on a few threads, each reusing its own
+    connections; progress on stderr when it is a terminal."""
     import threading
     from s4d import limits
     it = iter(jobs)
     lock = threading.Lock()
     errors: list = []
+    progress = _Progress("cp")
+    done = {"done": 0, "total": len(jobs), "bytes": 0}
 
     def worker() -> None:
         try:
@@ -264,9 +268,14 @@ def _parallel(client, jobs: list, fn) -> None:
                 if job is None:
                     return
                 try:
-                    fn(job)
+                    moved = fn(job)
                 except BaseException as e:
                     errors.append(e)
+                    return
+                with lock:
+                    done["done"] += 1
+                    done["bytes"] += moved
+                    progress(*done.values())
         finally:
             client.close()
 
@@ -278,6 +287,8 @@ def _parallel(client, jobs: list, fn) -> None:
         t.join()
     if errors:
         raise errors[0]
+    if progress.tty:
+        progress.summary(done, len(client.nodes))
 
 
 def _get_tree(client, prefix: str, dst: str) -> int:
