@@ -302,7 +302,9 @@ def test_a_stopped_downloader_is_cut_at_the_idle_timeout_and_the_only_io_slot_se
         make_cluster, tmp_path):
     cluster = make_cluster(nodes=1, args=("--max-io-jobs", "1", "--idle-timeout", f"{IDLE_S:g}"))
     src = tmp_path / "big"
-    digest = random_file(src, 64 * MiB)  # far more than the socket buffers hold
+    # far more than the socket buffers hold, and more than a loopback splice moves in
+    # the moments between seeing the download start and stopping it (64 MiB was not)
+    digest = random_file(src, 256 * MiB)
     cluster.s4ctl("cp", str(src), "s4://b/big")
 
     out = tmp_path / "out"
@@ -310,7 +312,7 @@ def test_a_stopped_downloader_is_cut_at_the_idle_timeout_and_the_only_io_slot_se
                               stderr=subprocess.PIPE, env=cluster.env)
     try:
         wait_until(lambda: any(p.stat().st_size > MiB for p in tmp_path.glob(".out.s4tmp*")), 20,
-                   "the download to be under way")
+                   "the download to be under way", interval=0.002)
         reader.send_signal(signal.SIGSTOP)
         stopped_at = time.monotonic()
         got = read_key(cluster, "s4://b/big", timeout=60)
