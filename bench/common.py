@@ -8,7 +8,8 @@ start, imports, connect, transfer, verify. Timings are wall clock
 (`time.perf_counter`) around whole commands; figures are medians of repeats.
 
 The machines this runs on drop file cache left idle for ~30 s, so callers
-`warm()` their inputs just before each timed step.
+`warm()` their inputs just before each timed step; before a step that writes
+a lot they `ready()` them instead, which first flushes dirty pages (see there).
 """
 from __future__ import annotations
 
@@ -52,7 +53,9 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
 class Cluster:
     """N `s4d` daemons on 127.0.0.1, data and logs under root/."""
 
-    def __init__(self, root: Path, nodes: int = 3, log_level: str = "warning"):
+    def __init__(self, root: Path, nodes: int = 3, log_level: str = "warning", code: str | None = None):
+        """code: a directory holding other s4d/ and s4ctl/ packages to run instead of
+        the installed ones (put first on PYTHONPATH for the daemons and s4ctl)."""
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.ports = [free_port() for _ in range(nodes)]
@@ -61,6 +64,8 @@ class Cluster:
         self.data = [self.root / f"node{i}" for i in range(nodes)]
         self.env = {**os.environ, "S4_CONF_PATH": str(self.conf),
                     "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+        if code:
+            self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [code, os.environ.get("PYTHONPATH")]))
         self.procs: list[subprocess.Popen] = []
         self.log_level = log_level
 
@@ -70,7 +75,7 @@ class Cluster:
             self.procs.append(subprocess.Popen(
                 [S4D, "--conf", str(self.conf), "--port", str(port), "--data-dir", str(self.data[i]),
                  "--log-level", self.log_level],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env))
         for port in self.ports:
             wait_port(port)
         return self
@@ -169,6 +174,17 @@ def warm(paths) -> None:
                 pass
 
 
+def ready(paths) -> None:
+    """Before a timed step that writes a lot: flush dirty pages (os.sync), then warm
+    the inputs. Once the page cache holds more dirty data than the kernel's
+    background threshold (10% of memory, ~2.3 GB here) writers are throttled to
+    the disk's writeback speed: a 1 GiB put that takes 0.67 s took 3.8 s as the
+    third of a series (dirty 2.3 GB before it). That measures the disk, not s4;
+    the disk has its own rows."""
+    os.sync()
+    warm(paths)
+
+
 def drop_caches() -> bool:
     """Drop the page cache (root only); False when not allowed."""
     try:
@@ -228,19 +244,71 @@ def mbps(nbytes: int, seconds: float) -> float:
 
 # --- daemon memory ------------------------------------------------------------------------
 class RssSampler:
-    """Samples the RSS of some pids every `every` s; `peak()` per labelled stretch."""
+    """The daemons' peak RSS per labelled stretch of the run.
+
+    Two sources: the kernel's own high-water mark (`VmHWM` in /proc/PID/status,
+    reset at every label change by writing 5 to /proc/PID/clear_refs), which
+    cannot miss a short peak; and psutil polls every `every` s (the fallback
+    where clear_refs is not writable, and a cross-check). `peak(label)` is the
+    exact high-water mark when available, else the polled maximum."""
 
     def __init__(self, pids: list[int], every: float = 0.05):
         import psutil
+        self.pids = list(pids)
         self.procs = [psutil.Process(p) for p in pids]
         self.every = every
-        self.label = "idle"
-        self.peaks: dict[str, int] = {}  # label -> max single-daemon RSS seen
+        self._label = "idle"
+        self.peaks: dict[str, int] = {}  # label -> max single-daemon RSS polled
+        self.hwm: dict[str, int] = {}  # label -> max single-daemon VmHWM (exact)
+        self.hwm_ok = self._reset_hwm()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def now(self) -> list[int]:
         return [p.memory_info().rss for p in self.procs]
+
+    def _read_hwm(self) -> int:
+        top = 0
+        for pid in self.pids:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        top = max(top, int(line.split()[1]) * 1024)
+        return top
+
+    def _reset_hwm(self) -> bool:
+        try:
+            for pid in self.pids:
+                with open(f"/proc/{pid}/clear_refs", "w") as f:
+                    f.write("5\n")
+            return True
+        except OSError:
+            return False
+
+    @property
+    def label(self) -> str:
+        return self._label
+
+    @label.setter
+    def label(self, new: str) -> None:
+        """Close the current stretch (record its exact peak), reset the mark, start `new`."""
+        old = self._label
+        if self.hwm_ok:
+            try:
+                self.hwm[old] = max(self.hwm.get(old, 0), self._read_hwm())
+            except OSError:
+                self.hwm_ok = False
+            self._reset_hwm()
+        self._label = new
+
+    def peak(self, label: str) -> int:
+        """Peak single-daemon RSS during `label` (a stretch already closed)."""
+        if self.hwm_ok and label in self.hwm:
+            return self.hwm[label]
+        return self.peaks.get(label, 0)
+
+    def source(self) -> str:
+        return "VmHWM, reset per step" if self.hwm_ok else f"polled every {self.every * 1000:.0f} ms"
 
     def _run(self) -> None:
         while not self._stop.wait(self.every):
@@ -248,7 +316,7 @@ class RssSampler:
                 top = max(self.now())
             except Exception:  # noqa: BLE001 - a daemon gone at shutdown
                 return
-            label = self.label
+            label = self._label
             self.peaks[label] = max(self.peaks.get(label, 0), top)
 
     def __enter__(self) -> "RssSampler":
@@ -315,6 +383,51 @@ def machine() -> dict:
     return {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "nproc": os.cpu_count(),
             "mem_gib": round(mem / GiB, 1), "kernel": platform.release(),
             "python": platform.python_version(), "root": os.geteuid() == 0}
+
+
+def _sources() -> dict[str, float]:
+    """mtime of every .py of the installed s4d and s4ctl packages."""
+    import importlib.util
+    out = {}
+    for pkg in ("s4d", "s4ctl"):
+        d = importlib.util.find_spec(pkg).submodule_search_locations[0]
+        for name in os.listdir(d):
+            if name.endswith(".py"):
+                out[os.path.join(d, name)] = os.stat(os.path.join(d, name)).st_mtime
+    return out
+
+
+def stale_bytecode() -> list[str]:
+    """Sources of s4d/s4ctl whose .pyc is missing or older than the source: with
+    PYTHONDONTWRITEBYTECODE set, each of these is compiled again by every s4ctl run."""
+    tag = sys.implementation.cache_tag
+    stale = []
+    for path, mtime in _sources().items():
+        d, name = os.path.split(path)
+        pyc = os.path.join(d, "__pycache__", f"{name[:-3]}.{tag}.pyc")
+        if not os.path.exists(pyc) or os.stat(pyc).st_mtime < mtime:
+            stale.append(os.path.relpath(path))
+    return sorted(stale)
+
+
+class CodeWatch:
+    """What code a run measured: the git commit and dirty files of s4d/ and s4ctl/
+    at the start, and whether any of their sources changed during the run (then
+    the figures mix two versions, and the edited modules ran without .pyc)."""
+
+    def __init__(self):
+        self.start = time.time()
+        self.mtimes = _sources()
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        def git(*args: str) -> str:
+            r = subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True)
+            return r.stdout.strip() if r.returncode == 0 else ""
+        self.info = {"commit": git("rev-parse", "--short", "HEAD"),
+                     "dirty": git("status", "--porcelain", "--", "s4d", "s4ctl").splitlines()}
+
+    def changed(self) -> list[str]:
+        now = _sources()
+        return sorted(os.path.relpath(p) for p, m in now.items() if self.mtimes.get(p) != m)
 
 
 def plot(path: str, curves: dict, loopback_gbps: float, title: str, aws_label: str = "") -> None:

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import MiB, Report, drop_caches, machine, make_file, median, warm  # noqa: E402
+from common import MiB, Report, drop_caches, machine, make_file, median, stale_bytecode, warm  # noqa: E402
 
 
 IMPORTS = "import s4ctl.cli, s4ctl.client, s4d.conf, docopt"  # what a `cp` loads
@@ -154,6 +154,9 @@ def ensure_bytecode(report: Report) -> None:
                    "ms", "as run here before compileall: PYTHONDONTWRITEBYTECODE=%s"
                    % os.environ.get("PYTHONDONTWRITEBYTECODE", ""))
     subprocess.run([sys.executable, "-m", "compileall", "-q", *dirs], check=True)  # stale ones too
+    left = stale_bytecode()
+    if left:
+        report.add("limits", "s4 modules still without fresh .pyc", len(left), "", " ".join(left))
     report.add("limits", "import what `cp` needs, with .pyc", start_ms([sys.executable, "-c", IMPORTS]), "ms",
                "compiled by the bench" if missing else "")
 

@@ -17,9 +17,17 @@ process start), and measures:
   `xargs cat` over them (MB/s of input);
 - map overhead: a map `cat` over 200 and 2,000 tiny keys (ms/key) against a
   bare `bash -c true` spawn;
-- ls -r and rm -r against key count (1k, 10k, 100k; keys made by `cp -r`);
+- ls -r and rm -r against key count (1k, 10k, 100k; keys made by `cp -r`, then
+  `sync`, so that every count deletes keys in the same, written-back state);
 - memory: daemon RSS idle, during the big transfers, and during 64
-  concurrent 256 MiB transfers (32 puts + 32 gets), sampled with psutil.
+  concurrent 256 MiB transfers (32 puts + 32 gets): the kernel's peak (VmHWM,
+  reset per step through /proc/PID/clear_refs), so a short peak is never
+  missed, beside a 50 ms psutil poll; and the peak of every step.
+
+The code measured is recorded in the JSON (commit, dirty files); if s4d/ or
+s4ctl/ change while it runs, a `code` row says so (the figures then mix two
+versions, and edited modules ran without .pyc). Combine several runs with
+bench/combine.py (medians, and every run's value beside them).
 
 Then checks each figure against the targets of issues 2, 3 and 4 and the
 older Go implementation's figures.
@@ -42,8 +50,8 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import limits  # noqa: E402
 import vs_aws  # noqa: E402
-from common import (S4CTL, GiB, KiB, MiB, Cluster, Report, RssSampler, machine, make_file,  # noqa: E402
-                    make_text_file, make_tree, mbps, median, parallel, per_op, plot, rmtree,
+from common import (S4CTL, CodeWatch, GiB, KiB, MiB, Cluster, Report, RssSampler, machine, make_file,  # noqa: E402
+                    make_text_file, make_tree, mbps, median, parallel, per_op, plot, ready, rmtree,
                     size_label, warm)
 
 # The older Go implementation on this 2-core machine (issue 4).
@@ -60,12 +68,12 @@ def step_big(c: Cluster, r: Report, work: Path, size: int, reps: int) -> dict:
         t["loopback"].append(limits.loopback(src, repeats=1))
         t["newfile"].append(limits.new_file_write(work / "newfile", size))
         key = f"s4://big/r{rep}/big.bin"
-        warm([src])
+        ready([src])
         t["put"].append(c.timed("cp", src, key))
-        warm(c.stored(key[5:]))
+        ready(c.stored(key[5:]))
         t["file"].append(c.timed("cp", key, dst))
         dst.unlink()
-        warm(c.stored(key[5:]))
+        ready(c.stored(key[5:]))
         t["stdout"].append(c.timed("cp", key, "-"))
         c.s4ctl("rm", key)
     src.unlink()
@@ -74,7 +82,7 @@ def step_big(c: Cluster, r: Report, work: Path, size: int, reps: int) -> dict:
     nf = median(t["newfile"])
     r.add("big", "loopback limit, interleaved with these", lb, "MB/s", f"median of {reps}")
     r.add("big", "new-file write (page cache), interleaved", nf, "MB/s", "reference; noisy: fresh memory")
-    out = {"loopback": lb, "newfile": nf}
+    out = {"loopback": lb, "newfile": nf, "label": label}
     for k, what in (("put", f"put {label} (file -> s4)"), ("file", f"get {label} to a file"),
                     ("stdout", f"get {label} to stdout > /dev/null")):
         out[k] = mbps(size, median(t[k]))
@@ -143,17 +151,17 @@ def step_maps(c: Cluster, r: Report, work: Path, keys: int, size: int, reps: int
     lout.mkdir()
     t: dict = {k: [] for k in ("local cat", "map cat", "local wc", "map wc", "to-n", "from-n")}
     for rep in range(reps):  # interleave local and s4 runs
-        warm(files)
+        ready(files)
         t["local cat"].append(_bash(f"for f in {local}/*; do cat $f > {lout}/$(basename $f); done"))
-        warm(c.stored("maps/in"))
+        ready(c.stored("maps/in"))
         t["map cat"].append(c.timed("map", "s4://maps/in", f"s4://maps/cat{rep}", "cat"))
-        warm(files)
+        ready(files)
         t["local wc"].append(_bash(f"for f in {local}/*; do wc -l < $f > {lout}/$(basename $f); done"))
-        warm(c.stored("maps/in"))
+        ready(c.stored("maps/in"))
         t["map wc"].append(c.timed("map", "s4://maps/in", f"s4://maps/wc{rep}", "wc -l"))
-        warm(c.stored("maps/in"))
+        ready(c.stored("maps/in"))
         t["to-n"].append(c.timed("map-to-n", "s4://maps/in", f"s4://maps/split{rep}", MAP_TO_N))
-        warm(c.stored(f"maps/split{rep}"))
+        ready(c.stored(f"maps/split{rep}"))
         t["from-n"].append(c.timed("map-from-n", f"s4://maps/split{rep}", f"s4://maps/merged{rep}",
                                    "xargs cat"))
         c.s4ctl("rm", "-r", f"s4://maps/cat{rep}")
@@ -191,7 +199,7 @@ def step_overhead(c: Cluster, r: Report, work: Path, counts: list[int]) -> dict:
         for i in range(n):
             (tree / f"{i:05d}").write_bytes(b"x\n")
         c.s4ctl("cp", "-r", tree, f"s4://tiny{n}/in")
-        warm(c.stored(f"tiny{n}/in"))
+        ready(c.stored(f"tiny{n}/in"))
         secs = median([c.timed("map", f"s4://tiny{n}/in", f"s4://tiny{n}/out{rep}", "cat")
                        for rep in range(2)])
         res[n] = r.add("map ovh", f"map `cat` over {n} tiny keys", secs / n * 1000, "ms/key",
@@ -209,9 +217,16 @@ def step_listing(c: Cluster, r: Report, work: Path, counts: list[int]) -> dict:
         up = c.timed("cp", "-r", tree, f"s4://ls{n}")
         r.add("ls/rm", f"cp -r of {n} x 10 B files (making the keys)", n / up, "files/s")
         rmtree(tree)
+        # Every count in the same state: written back, as keys older than ~30 s are.
+        # Deleting a file still in delayed allocation is ~10x cheaper than deleting one
+        # with blocks on disk (ext4 frees and, mounted with `discard`, trims them), so
+        # without this the small counts (made in seconds) measured unflushed keys and
+        # the 100k count (made in a minute) flushed ones: a curve of two different costs.
+        os.sync()
         ls = median([c.timed("ls", "-r", f"s4://ls{n}/") for _ in range(3)])
         res[f"ls {n}"] = r.add("ls/rm", f"ls -r of {n} keys", ls, "s", "median of 3, > /dev/null")
-        res[f"rm {n}"] = r.add("ls/rm", f"rm -r of {n} keys", c.timed("rm", "-r", f"s4://ls{n}/"), "s")
+        res[f"rm {n}"] = r.add("ls/rm", f"rm -r of {n} keys", c.timed("rm", "-r", f"s4://ls{n}/"), "s",
+                               "keys synced to disk first")
     return res
 
 
@@ -219,6 +234,7 @@ def step_memory(c: Cluster, r: Report, rss: RssSampler, work: Path, count: int, 
     src = make_file(work / "rss.bin", size)
     for i in range(3):  # one source key per node for the gets
         c.s4ctl("cp", src, f"s4://rss/src/{i:03d}")
+    os.sync()
     rss.label = "concurrent"
     procs = []
     for i in range(count):
@@ -234,8 +250,8 @@ def step_memory(c: Cluster, r: Report, rss: RssSampler, work: Path, count: int, 
     label = f"{count} concurrent {size // MiB} MiB transfers"
     r.add("memory", f"{label} (half put, half get)", mbps(count * size, secs), "MB/s",
           f"{len(failed)} failed" + (f": {failed[0]}" if failed else ""))
-    peak = r.add("memory", f"s4d peak RSS during {label}", rss.peaks.get("concurrent", 0) / MiB, "MiB",
-                 "max over the 3 daemons")
+    peak = r.add("memory", f"s4d peak RSS during {label}", rss.peak("concurrent") / MiB, "MiB",
+                 f"max over the 3 daemons; {rss.source()} (polled: {rss.peaks.get('concurrent', 0) / MiB:.1f})")
     return {"peak_mib": peak, "failed": len(failed)}
 
 
@@ -247,7 +263,8 @@ def check_targets(r: Report, res: dict, quick: bool) -> None:
     def verdict(name: str, value: float, unit: str, ok: bool, target: str) -> None:
         r.add("targets", name, value, unit, ("met" if ok else "NOT MET") + f" ({target})")
 
-    for k, what in (("put", "put 1 GiB"), ("file", "get 1 GiB to a file"), ("stdout", "get 1 GiB to stdout")):
+    size = big.get("label", "1 GiB")
+    for k, what in (("put", f"put {size}"), ("file", f"get {size} to a file"), ("stdout", f"get {size} to stdout")):
         verdict(f"{what}, % of loopback", big[k] / lb * 100, "%", big[k] >= 0.7 * lb, ">= 70%; issue 2: >= 60%")
     verdict("1 KiB cp put, median wall", small["put_ms"], "ms", small["put_ms"] < 30, "< 30 ms; issue 2: < 35")
     verdict("1 KiB cp get, median wall", small["get_ms"], "ms", small["get_ms"] < 30, "< 30 ms; issue 2: < 35")
@@ -264,6 +281,9 @@ def check_targets(r: Report, res: dict, quick: bool) -> None:
             maps["map cat"] >= 0.5 * maps["local cat"], ">= 50%")
     verdict("map-to-n", maps["to-n"], "MB/s", maps["to-n"] >= 400, ">= 400 MB/s")
     verdict("s4d RSS idle", res["idle_mib"], "MiB", res["idle_mib"] < 60, "< 60 MiB")
+    if "big_rss_mib" in res:
+        verdict(f"s4d RSS, peak during the {size} transfers", res["big_rss_mib"], "MiB",
+                res["big_rss_mib"] < 60, "< 60 MiB, flat")
     verdict("s4d RSS, peak under concurrent transfers", res["memory"]["peak_mib"], "MiB",
             res["memory"]["peak_mib"] < 60, "< 60 MiB, flat")
     ours = {"put 1 GiB": big["put"], "get 1 GiB to stdout": big["stdout"], "get 1 GiB to a file": big["file"],
@@ -307,6 +327,8 @@ def main() -> int:
     report = Report("s4 bench" + (" (--quick)" if q else ""))
     report.extra["machine"] = machine()
     report.extra["command"] = " ".join(["python", *sys.argv])
+    code = CodeWatch()
+    report.extra["code"] = code.info
     print(f"s4 bench: {report.extra['machine']}, scratch {work}", file=sys.stderr)
     res: dict = {}
     s3 = None
@@ -328,14 +350,18 @@ def main() -> int:
                 loads['big'] = os.getloadavg()[0]
                 rss.label = "big"
                 res["big"] = step_big(c, report, work, (256 * MiB) if q else GiB, 2 if q else 3)
-                report.add("memory", "s4d peak RSS during the big transfers", rss.peaks.get("big", 0) / MiB,
-                           "MiB")
+                rss.label = "other"
+                res["big_rss_mib"] = report.add(
+                    "memory", "s4d peak RSS during the big transfers", rss.peak("big") / MiB, "MiB",
+                    f"max over the 3 daemons; {rss.source()} (polled: {rss.peaks.get('big', 0) / MiB:.1f})")
             rss.label = "other"
             if "small" in only:
                 loads['small'] = os.getloadavg()[0]
+                rss.label = 'small'
                 res["small"] = step_small(c, report, work, 50 if q else 200, 8, 10 if q else 25)
             if "sweep" in only:
                 loads['sweep'] = os.getloadavg()[0]
+                rss.label = 'sweep'
                 if a.aws:
                     s3 = vs_aws.S3(work, None)
                     report.extra["s3_endpoint"] = s3.label
@@ -348,23 +374,36 @@ def main() -> int:
                                        s3.label if tool == "aws" else "")
             if "cp_r" in only:
                 loads['cp_r'] = os.getloadavg()[0]
+                rss.label = 'cp_r'
                 res["cp_r"] = step_cp_r(c, report, work, 1000, 3 if not q else 2)
             if "maps" in only:
                 loads['maps'] = os.getloadavg()[0]
+                rss.label = 'maps'
                 res["maps"] = step_maps(c, report, work, 48, (4 if q else 16) * MiB, 2 if q else 3)
             if "overhead" in only:
                 loads['overhead'] = os.getloadavg()[0]
+                rss.label = 'overhead'
                 res["overhead"] = step_overhead(c, report, work, [200, 500] if q else [200, 2000])
             if "ls" in only:
                 loads['ls'] = os.getloadavg()[0]
+                rss.label = 'ls'
                 res["ls"] = step_listing(c, report, work, [1000, 10000] if q else [1000, 10000, 100000])
             if "memory" in only:
                 loads['memory'] = os.getloadavg()[0]
                 res["memory"] = step_memory(c, report, rss, work, 16 if q else 64, (64 if q else 256) * MiB)
-                rss.label = "end"
                 time.sleep(1)
                 report.add("memory", "s4d RSS idle, after everything", max(rss.now()) / MiB, "MiB")
+            rss.label = "end"
+            if rss.hwm_ok:
+                steps = {k: v for k, v in rss.hwm.items() if k not in ("idle", "other", "end")}
+                res["run_rss_mib"] = report.add(
+                    "memory", "s4d peak RSS, whole run", max(rss.hwm.values()) / MiB, "MiB",
+                    "VmHWM per step: " + " ".join(f"{k}={v / MiB:.0f}" for k, v in steps.items()))
             loads["end"] = os.getloadavg()[0]
+            changed = report.extra["code"]["changed_during_run"] = code.changed()
+            if changed:  # figures before and after the edit are not comparable
+                report.add("code", "s4 sources edited DURING this run", len(changed), "files",
+                           "figures mix two versions; re-run: " + " ".join(changed))
             report.add("load", "1-min load average, start .. end of the run",
                        max(loads.values()), "", " ".join(f"{k}={v:.1f}" for k, v in loads.items()))
             if only >= set(STEPS) - {"limits"}:

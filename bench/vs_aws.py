@@ -8,7 +8,9 @@ on this machine, not what AWS itself would do. The s4 side is a 3-node
 local cluster started here.
 
 Measured, s4 and aws interleaved, medians of repeats:
-- a big file (default 256 MiB) put, and get to a file (MB/s);
+- a big file (default 256 MiB) put, and get to a new file (MB/s; replacing an
+  existing file would add the filesystem's cost of freeing it, ~0.5 s per GiB
+  on ext4 here, inside rename(2));
 - a bash loop of N 1 KiB puts, then of N gets (ops/s);
 - 8 parallel bash loops of small puts (ops/s);
 - `sweep()`: put/get MB/s against file size, used by run.py's chart.
@@ -27,8 +29,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (BIN, KiB, MiB, Cluster, Report, free_port, machine, make_file,  # noqa: E402
-                    mbps, median, parallel, rmtree, warm)
+from common import (BIN, CodeWatch, KiB, MiB, Cluster, Report, free_port, machine, make_file,  # noqa: E402
+                    mbps, median, parallel, ready, rmtree)
 
 LOCAL_LABEL = "moto_server on loopback: a local stand-in, NOT AWS"
 
@@ -106,13 +108,15 @@ def sweep(c: Cluster, s3: S3 | None, sizes: list[int], work: Path, reps: int,
         runs: dict = {(t, op): [] for t in ("s4", "aws") for op in ("put", "get")}
         for r in range(reps):
             key = f"sweep/{size}/r{r}/f"
-            warm([src])
+            ready([src])
             runs["s4", "put"].append(c.timed("cp", src, f"s4://{key}"))
-            warm(c.stored(key))
+            ready(c.stored(key))
+            dst.unlink(missing_ok=True)  # replacing a file costs its freeing (0.5 s per GiB here)
             runs["s4", "get"].append(c.timed("cp", f"s4://{key}", dst))
             if s3 and size <= aws_max:
-                warm([src])
+                ready([src])
                 runs["aws", "put"].append(s3.timed("cp", src, f"s3://{s3.bucket}/{key}"))
+                dst.unlink(missing_ok=True)
                 runs["aws", "get"].append(s3.timed("cp", f"s3://{s3.bucket}/{key}", dst))
         for (tool, op), times in runs.items():
             if times:
@@ -133,12 +137,14 @@ def compare(c: Cluster, s3: S3, report: Report, work: Path, big: int, small_n: i
     t: dict = {k: [] for k in ("s4 put", "aws put", "s4 get", "aws get")}
     for r in range(reps):
         key = f"vsaws/big/r{r}/big.bin"
-        warm([src])
+        ready([src])
         t["s4 put"].append(c.timed("cp", src, f"s4://{key}"))
-        warm([src])
+        ready([src])
         t["aws put"].append(s3.timed("cp", src, f"s3://{s3.bucket}/{key}"))
-        warm(c.stored(key))
+        ready(c.stored(key))
+        dst.unlink(missing_ok=True)  # both to a new file: replacing one costs its freeing
         t["s4 get"].append(c.timed("cp", f"s4://{key}", dst))
+        dst.unlink()
         t["aws get"].append(s3.timed("cp", f"s3://{s3.bucket}/{key}", dst))
     label = f"{big // MiB} MiB"
     for op in ("put", "get"):
@@ -195,6 +201,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="s4-vs-aws-", dir=a.dir))
     report = Report("s4 bench: s4ctl cp vs aws s3 cp")
     report.extra["machine"] = machine()
+    report.extra["command"] = " ".join(["python", *sys.argv])
+    code = CodeWatch()
+    report.extra["code"] = code.info
     s3 = None
     start_load = os.getloadavg()[0]
     try:
@@ -207,6 +216,10 @@ def main() -> int:
                     small_n=20 if a.quick else 100, par_n=5 if a.quick else 10, reps=1 if a.quick else 3)
             report.add("load", "1-min load average, start .. end", os.getloadavg()[0], "",
                        f"start={start_load:.1f}")
+            changed = report.extra["code"]["changed_during_run"] = code.changed()
+            if changed:
+                report.add("code", "s4 sources edited DURING this run", len(changed), "files",
+                           "figures mix two versions; re-run: " + " ".join(changed))
     finally:
         if s3:
             s3.close()
