@@ -7,7 +7,7 @@ the spread is visible), and for each target row how many runs met it.
 
 With --plot, also draws run.py's chart from the median of each sweep point.
 
-Usage: python bench/combine.py RUN.json [RUN.json ...] [--json] [--plot PATH]
+Usage: python bench/combine.py RUN.json [RUN.json ...] [--json] [--plot PATH [--loopback GBPS]]
 """
 from __future__ import annotations
 
@@ -35,8 +35,10 @@ def combine(runs: list[dict]) -> list[dict]:
     for k in order:
         rs = rows[k]
         values = [r["value"] for r in rs if r["value"] is not None]
+        notes = {r["note"] for r in rs}
+        note = rs[0]["note"] if len(notes) == 1 else f"run 1: {rs[0]['note']}"  # notes with figures differ
         row = {"section": k[0], "name": k[1], "unit": rs[0]["unit"], "values": values,
-               "median": statistics.median(values) if values else None, "note": rs[0]["note"]}
+               "median": statistics.median(values) if values else None, "note": note}
         if k[0] == "targets":
             met = sum(1 for r in rs if r["note"].startswith("met"))
             row["note"] = f"met in {met} of {len(rs)} runs" + rs[0]["note"][rs[0]["note"].find(" ("):]
@@ -54,7 +56,7 @@ def table(rows: list[dict], n: int) -> str:
     return "\n".join(lines)
 
 
-def plot_median(path: str, runs: list[dict]) -> None:
+def plot_median(path: str, runs: list[dict], loopback: float | None = None) -> None:
     points: dict = {}
     loopbacks = []
     for run in runs:
@@ -69,7 +71,7 @@ def plot_median(path: str, runs: list[dict]) -> None:
               for t, ops in points.items()}
     date = runs[0].get("machine", {}).get("date", "")[:10]
     cpus = runs[0].get("machine", {}).get("nproc", "?")
-    plot(path, curves, statistics.median(loopbacks) if loopbacks else 0,
+    plot(path, curves, loopback or (statistics.median(loopbacks) if loopbacks else 0),
          f"s4 on a local 3-node cluster, {cpus} cores, {date}: median of {len(runs)} runs",
          "moto, local stand-in, not AWS")
 
@@ -79,11 +81,13 @@ def main() -> int:
     ap.add_argument("runs", nargs="+", help="JSON outputs of run.py / vs_aws.py (--json)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--plot", metavar="PATH", help="chart of the median sweep (run.py outputs)")
+    ap.add_argument("--loopback", type=float, metavar="GBPS",
+                    help="the chart's loopback line, when the runs have no big step (run.py --only sweep)")
     a = ap.parse_args()
     runs = [json.load(open(p)) for p in a.runs]
     rows = combine(runs)
     if a.plot:
-        plot_median(a.plot, runs)
+        plot_median(a.plot, runs, a.loopback)
     if a.json:
         print(json.dumps({"runs": [{"file": p, "machine": r.get("machine"), "code": r.get("code"),
                                     "load_avg_1min": r.get("load_avg_1min")} for p, r in zip(a.runs, runs)],

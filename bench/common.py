@@ -442,8 +442,9 @@ def plot(path: str, curves: dict, loopback_gbps: float, title: str, aws_label: s
         if points:
             name = f"s4ctl cp {op}" if tool == "s4" else f"aws s3 cp {op} ({aws_label})"
             ax.plot([p[0] for p in points], [p[1] for p in points], style, label=name)
-    ax.axhline(loopback_gbps * 1000, color="grey", linestyle=":",
-               label=f"loopback sendfile limit ({loopback_gbps:.2f} GB/s)")
+    if loopback_gbps:  # not measured by `run.py --only sweep`
+        ax.axhline(loopback_gbps * 1000, color="grey", linestyle=":",
+                   label=f"loopback sendfile reference ({loopback_gbps:.2f} GB/s)")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     sizes = sorted({s for t in curves.values() for o in t.values() for s in o})
