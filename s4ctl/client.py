@@ -271,7 +271,8 @@ class Client:
                           lambda conn, _: self._put_stream(conn, stream))
 
     def _put_file(self, conn: Conn, f, size: int) -> int:
-        trailing = checksum.Trailing(f.fileno())  # hashes in a thread beside sendfile
+        # hashed by preads in a thread beside sendfile: never mmap a file someone else can truncate
+        trailing = checksum.Trailing(f.fileno(), mapped=False)
         trailing.advance(size)
         try:
             if size:  # a zero-length chunk would end the stream: an empty file is no chunk at all

@@ -8,17 +8,18 @@ resident size stays flat whatever the file's size.
 
 `Trailing` hashes a file while it is being written, a window behind the
 writer, in a thread (xxhash releases the GIL), so a transfer does not wait
-for a second pass at its end.
+for a second pass at its end. A file this process does not own (a user's
+file being uploaded) is hashed by pread instead: see `Trailing`.
 """
 from __future__ import annotations
 
 import mmap
 import os
-import threading
 
 import xxhash
 
 from s4d import limits
+from s4d.errors import S4Error
 
 _WINDOW = limits.HASH_WINDOW_BYTES  # a multiple of mmap.ALLOCATIONGRANULARITY
 _SMALL = 64 * 1024
@@ -31,6 +32,18 @@ def _update(h, fd: int, start: int, end: int) -> None:
         with mmap.mmap(fd, length, access=mmap.ACCESS_READ, offset=start) as m:
             h.update(m)
         start += length
+
+
+def _update_read(h, fd: int, start: int, end: int) -> None:
+    """Feed bytes [start, end) of fd to h by pread; a file that ends early is an error."""
+    buf = bytearray(min(limits.BUFFER_BYTES, max(end - start, 1)))
+    view = memoryview(buf)
+    while start < end:
+        n = os.preadv(fd, [view[:min(len(buf), end - start)]], start)
+        if n == 0:
+            raise S4Error(f"the file shrank to {start} bytes while it was being read")
+        h.update(view[:n])
+        start += n
 
 
 def hash_fd(fd: int, size: int | None = None) -> str:
@@ -57,22 +70,31 @@ class Trailing:
 
     `advance(n)` says n bytes have landed; `finish(total)` hashes what is left
     and returns the digest; `abort()` stops early. A file that stays under one
-    window never starts a thread: it is hashed inline at `finish`. fd must be
-    readable (mmap), and written from offset 0."""
+    window never starts a thread: it is hashed inline at `finish`. fd is
+    written from offset 0 and must be readable.
 
-    def __init__(self, fd: int):
+    mapped=True hashes through mmap: for files this process owns. A file that
+    someone else can truncate meanwhile (a user's file being uploaded) must
+    use mapped=False, plain preads: touching a mapped page past a new end of
+    file is SIGBUS, which kills the process, where a short read is an error."""
+
+    def __init__(self, fd: int, mapped: bool = True):
         self._fd = fd
+        self._update = _update if mapped else _update_read
         self._h = xxhash.xxh3_64()
         self._done = 0  # hashed so far: whole windows until the end
         self._written = 0
         self._total: int | None = None
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._cond = None
+        self._thread = None
 
     def advance(self, written: int) -> None:
         if self._thread is None:
             if written < _WINDOW:
                 return
+            import threading  # only here: a small transfer never pays for it
+            self._cond = threading.Condition()
             self._thread = threading.Thread(target=self._run, daemon=True)
             self._thread.start()
         with self._cond:
@@ -80,25 +102,30 @@ class Trailing:
             self._cond.notify()
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                while self._total is None and self._written - self._done < _WINDOW:
-                    self._cond.wait()
-                end = self._total if self._total is not None else (
-                    self._written - self._written % _WINDOW)
-            _update(self._h, self._fd, self._done, end)
-            self._done = max(self._done, end)
-            if self._total is not None and self._done >= self._total:
-                return
+        try:
+            while True:
+                with self._cond:
+                    while self._total is None and self._written - self._done < _WINDOW:
+                        self._cond.wait()
+                    end = self._total if self._total is not None else (
+                        self._written - self._written % _WINDOW)
+                self._update(self._h, self._fd, self._done, end)
+                self._done = max(self._done, end)
+                if self._total is not None and self._done >= self._total:
+                    return
+        except BaseException as e:  # raised by finish(); aborted transfers never ask
+            self._error = e
 
     def finish(self, total: int) -> str:
         if self._thread is None:
-            _update(self._h, self._fd, 0, total)
+            self._update(self._h, self._fd, 0, total)
             return self._h.hexdigest()
         with self._cond:
             self._total = total
             self._cond.notify()
         self._thread.join()
+        if self._error is not None:
+            raise self._error
         return self._h.hexdigest()
 
     def abort(self) -> None:

@@ -145,6 +145,28 @@ def test_a_killed_or_stalled_uploader_leaves_no_key_and_no_temp_file(make_cluste
     assert "Traceback" not in "".join(log.read_text() for log in c.logs)
 
 
+def test_a_file_truncated_while_it_is_uploaded_fails_cleanly_and_stores_nothing(shared, b, tmp_path):
+    # the client hashes its source beside sendfile; a mapped hash would die of SIGBUS here
+    src = tmp_path / "shrinking"
+    with open(src, "wb") as f:
+        f.truncate(1024 * MiB)  # sparse: hashing and sending it cost no disk reads
+    proc = subprocess.Popen([S4CTL, "cp", str(src), f"s4://{b}/k"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=shared.env)
+    try:
+        wait_for(lambda: any(p.stat().st_size > 0 for p in shared.temp_files()), 60,
+                 "the upload to reach the daemon")
+        proc.send_signal(signal.SIGSTOP)  # mid-transfer, hash thread and sendfile both running
+        os.truncate(src, MiB)
+        proc.send_signal(signal.SIGCONT)
+        proc.stderr = proc.communicate(timeout=60)[1]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert_one_line_error(proc, "shrank")
+    assert shared.s4ctl("ls", "-r", f"s4://{b}", check=False).returncode == 1
+    wait_for(lambda: not shared.temp_files(), 60, "the temp file to go")
+
+
 # --- corruption on disk ---------------------------------------------------------------
 
 def corrupt(path, how: str) -> None:
