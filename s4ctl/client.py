@@ -18,8 +18,8 @@ import os
 import _socket
 import select
 import stat
-import threading
 import time
+from _thread import get_ident
 
 import xxhash
 
@@ -203,7 +203,7 @@ class Conn:
 class Client:
     def __init__(self, nodes: list[Node]):
         self.nodes = nodes
-        self._local = threading.local()
+        self._idle: dict[int, dict[Node, Conn]] = {}  # per thread: connections kept for reuse
 
     # --- connections --------------------------------------------------------------
     def node_for(self, path: str) -> Node:
@@ -211,19 +211,18 @@ class Client:
 
     def _conn(self, node: Node) -> tuple[Conn, bool]:
         """A connection to node for this thread: (conn, reused)."""
-        cache = self._local.__dict__.setdefault("conns", {})
-        conn = cache.pop(node, None)
+        conn = self._idle.setdefault(get_ident(), {}).pop(node, None)
         if conn is not None:
             return conn, True
         return Conn(node), False
 
     def _release(self, conn: Conn) -> None:
-        self._local.__dict__.setdefault("conns", {})[conn.node] = conn
+        self._idle.setdefault(get_ident(), {})[conn.node] = conn
 
     def close(self) -> None:
-        for conn in self._local.__dict__.get("conns", {}).values():
+        """Close this thread's idle connections."""
+        for conn in self._idle.pop(get_ident(), {}).values():
             conn.close()
-        self._local.__dict__["conns"] = {}
 
     def _call(self, node: Node, request: dict, body=None):
         """Send request, await the first reply, run body(conn, reply) if given.
@@ -364,11 +363,7 @@ class Client:
             finally:
                 self.close()
 
-        threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(nodes))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        in_threads(run, range(len(nodes)))
         for e in errors:
             if e is not None:
                 raise e
@@ -438,6 +433,7 @@ class Client:
         request = {"op": op, "indir": indir, "outdir": outdir, "cmd": cmd, "timeout": timeout}
         figures = {node: {"done": 0, "total": 0, "bytes": 0} for node in self.nodes}
         conns: dict[Node, Conn] = {}
+        import threading
         failed = threading.Event()
         lock = threading.Lock()
 
@@ -474,6 +470,16 @@ class Client:
             conns[node] = Conn(node)
         self.fanout(run)
         return {k: sum(f[k] for f in figures.values()) for k in ("done", "total", "bytes")}
+
+
+def in_threads(target, args) -> None:
+    """target(arg) for each arg, each in its own thread, all at once; waits for all."""
+    import threading  # only here: a single cp never starts a thread
+    threads = [threading.Thread(target=target, args=(arg,), daemon=True) for arg in args]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def _shut(conn: Conn) -> None:

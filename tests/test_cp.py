@@ -266,3 +266,28 @@ def test_cp_r_of_a_prefix_with_no_keys_fails_and_writes_nothing(shared, b, tmp_p
 def test_cp_of_a_missing_local_file_fails_and_stores_nothing(shared, b, tmp_path):
     assert_one_line_error(shared.s4ctl("cp", "nope", f"s4://{b}/k", check=False, cwd=tmp_path), "nope")
     assert shared.s4ctl("ls", f"s4://{b}", check=False).returncode == 1
+
+
+CP_FORMS = [
+    ["a", "s4://b/k"], ["-r", "d", "s4://b/p"], ["d", "s4://b/p", "-r"], ["--recursive", "s4://b/p", "."],
+    ["-", "s4://b/k"], ["s4://b/k", "-"], ["-c", "x.conf", "a", "s4://b/k"], ["a", "--conf", "x.conf", "s4://b/k"],
+    ["a", "s4://b/k", "-c", "x.conf", "-r"],
+    # not taken by hand: docopt answers
+    ["a"], ["a", "b", "c"], ["-r", "-r", "a", "b"], ["--help", "a", "b"], ["-h"], ["--conf=x", "a", "b"],
+    ["-rc", "x", "a", "b"], ["-x", "a", "b"], ["a", "b", "-c"], ["--", "a", "b"], ["-c", "-r", "a", "b"],
+]
+
+
+@pytest.mark.parametrize("words", CP_FORMS, ids=" ".join)
+def test_cp_arguments_parsed_by_hand_mean_what_docopt_says(words):
+    from docopt import DocoptExit, docopt
+
+    from s4ctl.cli import DOCS, quick_cp
+    quick = quick_cp(words)
+    try:
+        full = docopt(DOCS["cp"], argv=["cp", *words], help=False)  # help=False: --help is a usage error
+    except DocoptExit:
+        full = None
+    if quick is not None:  # a form it takes must mean the same; the rest falls to docopt
+        assert quick == full
+    assert (quick is None) == (words in CP_FORMS[CP_FORMS.index(["a"]):])
