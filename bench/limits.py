@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import MiB, Report, drop_caches, machine, make_file, median, stale_bytecode, warm  # noqa: E402
 
 
-IMPORTS = "import s4ctl.cli, s4ctl.client, s4d.conf, docopt"  # what a `cp` loads
+IMPORTS = "import s4ctl.cli, s4ctl.client, s4d.conf"  # what a `cp` loads (docopt only for other commands)
 
 
 def _receiver(listener: socket.socket, out_path: str | None) -> None:
