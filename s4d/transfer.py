@@ -12,9 +12,10 @@ Every wait on the peer happens inside an `Idle` scope: no progress for its
 seconds -> errors.Timeout. Progress pushes the deadline back, so a slow but
 moving transfer of any size is fine and a stalled one is cut.
 
-Integrity is hashed where the bytes land (`hash_file_async`), after the
-fact: one mmap'd pass over a file that is still in the page cache, paid to
-keep bytes out of Python on the receive path.
+Integrity is hashed where the bytes land: `recv_stream_to_file` hashes the
+file a window behind the splice (`checksum.Trailing`, mmap'd page cache, in
+a thread), so the bytes stay out of Python and the digest is ready soon
+after the last byte.
 """
 from __future__ import annotations
 
