@@ -97,9 +97,11 @@ class Trailing:
             self._cond = threading.Condition()
             self._thread = threading.Thread(target=self._run, daemon=True)
             self._thread.start()
-        with self._cond:
-            self._written = written
-            self._cond.notify()
+        crossed = written // _WINDOW > self._written // _WINDOW
+        self._written = written
+        if crossed:  # a whole new window to hash: the only news worth a wake-up
+            with self._cond:
+                self._cond.notify()
 
     def _run(self) -> None:
         try:
