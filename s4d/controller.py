@@ -110,6 +110,7 @@ class Controller:
         self.cmd_timeout_s = cmd_timeout_s
         self.push = push
         self.name = "%s:%d" % nodes[self_index]
+        self.env = dict(os.environ)  # the commands' environment, plus $filename
 
     @property
     def running(self) -> int:
@@ -120,24 +121,25 @@ class Controller:
                   timeout: float | None, what: str) -> None:
         timeout = timeout or self.cmd_timeout_s
         async with self.limiter:
-            proc = await trio.lowlevel.open_process(
-                ["bash", "-euo", "pipefail", "-c", cmd], stdin=stdin, stdout=stdout,
-                stderr=subprocess.PIPE, cwd=cwd, env={**os.environ, **env}, start_new_session=True)
+            proc, pidfd, stderr = _spawn(["bash", "-euo", "pipefail", "-c", cmd], stdin, stdout,
+                                         cwd, {**self.env, **env})
             tail = bytearray()
             try:
                 with trio.move_on_after(timeout) as scope:
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(_keep_tail, proc.stderr, tail)
-                        await proc.wait()
+                        nursery.start_soon(_keep_tail, stderr, tail)
+                        await trio.lowlevel.wait_readable(pidfd)
                         _kill_group(proc)  # background children die with it
                 if scope.cancelled_caught:
                     raise Timeout(f"command timed out after {timeout:g}s on {self.name} for {what}")
             finally:
-                if proc.returncode is None:
-                    _kill_group(proc)
+                _kill_group(proc)  # bash is not reaped yet: its pid is still the group's
+                if proc.poll() is None:
                     with trio.CancelScope(shield=True):
-                        await proc.wait()
-                await proc.stderr.aclose()
+                        await trio.lowlevel.wait_readable(pidfd)
+                    proc.wait()
+                os.close(pidfd)
+                await stderr.aclose()
         if proc.returncode != 0:
             text = tail.decode(errors="replace").strip()
             # the tail of stderr, on the one line an error gets
@@ -286,6 +288,28 @@ def _printed_files(listing: str, cwd: str, node: str, what: str) -> list[str]:
                                 node=node, key=what, exit=0, stderr="")
         files[path] = None
     return list(files)
+
+
+def _spawn(argv: list[str], stdin: int, stdout: int, cwd: str, env: dict):
+    """Start argv in a new session (its own process group); return it, a pidfd
+    that turns readable when it exits, and its stderr. On the event loop, not in
+    a worker thread: Popen vforks, so this waits for the exec and no longer."""
+    r, w = os.pipe()
+    try:
+        proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=w, cwd=cwd, env=env,
+                                start_new_session=True)
+    except BaseException:
+        os.close(r)
+        raise
+    finally:
+        os.close(w)
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except OSError:  # out of fds: it could not be waited for
+        _kill_group(proc)
+        os.close(r)
+        raise
+    return proc, pidfd, trio.lowlevel.FdStream(r)
 
 
 async def _keep_tail(stream, tail: bytearray) -> None:
