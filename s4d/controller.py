@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 from contextlib import asynccontextmanager
@@ -111,6 +112,7 @@ class Controller:
         self.push = push
         self.name = "%s:%d" % nodes[self_index]
         self.env = dict(os.environ)  # the commands' environment, plus $filename
+        self.bash = shutil.which("bash") or "bash"  # found once, not by execs along PATH per command
 
     @property
     def running(self) -> int:
@@ -121,8 +123,8 @@ class Controller:
                   timeout: float | None, what: str) -> None:
         timeout = timeout or self.cmd_timeout_s
         async with self.limiter:
-            proc, pidfd, stderr = _spawn(["bash", "-euo", "pipefail", "-c", cmd], stdin, stdout,
-                                         cwd, {**self.env, **env})
+            proc, pidfd, stderr = _spawn(self.bash, ["bash", "-euo", "pipefail", "-c", cmd], stdin,
+                                         stdout, cwd, {**self.env, **env})
             tail = bytearray()
             try:
                 with trio.move_on_after(timeout) as scope:
@@ -290,14 +292,15 @@ def _printed_files(listing: str, cwd: str, node: str, what: str) -> list[str]:
     return list(files)
 
 
-def _spawn(argv: list[str], stdin: int, stdout: int, cwd: str, env: dict):
-    """Start argv in a new session (its own process group); return it, a pidfd
-    that turns readable when it exits, and its stderr. On the event loop, not in
-    a worker thread: Popen vforks, so this waits for the exec and no longer."""
+def _spawn(path: str, argv: list[str], stdin: int, stdout: int, cwd: str, env: dict):
+    """Start the program at path as argv in a new session (its own process group);
+    return it, a pidfd that turns readable when it exits, and its stderr. On the
+    event loop, not in a worker thread: Popen vforks, so this waits for the exec
+    and no longer."""
     r, w = os.pipe()
     try:
-        proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=w, cwd=cwd, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(argv, executable=path, stdin=stdin, stdout=stdout, stderr=w,
+                                cwd=cwd, env=env, start_new_session=True)
     except BaseException:
         os.close(r)
         raise
