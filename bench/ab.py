@@ -12,7 +12,8 @@ Measured (medians):
 - small: 1 KiB `cp` put and get, wall ms per op;
 - big: 1 GiB put, get to a new file, get to stdout > /dev/null (MB/s), and
   the daemons' peak RSS over those transfers (VmHWM, reset between sides);
-- map: per-key wall of a map `cat` over N tiny keys (ms/key);
+- map: per-key wall of a map `cat` over N tiny keys (ms/key), and the
+  daemons' own CPU over it (ms/key; steadier than wall under other load);
 - ls/rm: `ls -r` and `rm -r` of N keys (made by `cp -r`, then `sync`).
 
 Usage: python bench/ab.py --old REV [--only small,big,map,lsrm] [--keys N]
@@ -115,16 +116,31 @@ def step_map(cl: dict, r: Report, work: Path, n: int, reps: int) -> None:
         subprocess.run(["bash", "-c", "true"], check=True)
         spawn.append(time.perf_counter() - t)
     t = {s: [] for s in cl}
+    cpu = {s: [] for s in cl}  # the daemons' own CPU: less swayed by other load than wall time
     for rep in range(reps):
         for s in order(rep):
+            before = daemons_cpu(cl[s].pids)
             t[s].append(cl[s].timed("map", "s4://ab/tiny/in", f"s4://ab/tiny/out{rep}", "cat"))
+            cpu[s].append(daemons_cpu(cl[s].pids) - before)
     sp = median(spawn) * 1000
     r.add("map", "bare `bash -c true` spawn", sp, "ms", "median of 200, in this window")
     for s in ("A", "B"):
         ms = median(t[s]) / n * 1000
         r.add("map", f"map cat over {n} tiny keys: {s}", ms, "ms/key", f"{ms / sp:.2f}x a bare spawn")
+    for s in ("A", "B"):
+        r.add("map", f"the daemons' own CPU over it: {s}", median(cpu[s]) / n * 1000, "ms/key",
+              "utime+stime of the 3 daemons (commands excluded), median")
     for c in cl.values():
         c.s4ctl("rm", "-r", "s4://ab/tiny/")
+
+
+def daemons_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes have used themselves, children excluded."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            total += sum(int(x) for x in f.read().rsplit(")", 1)[1].split()[11:13])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def step_lsrm(cl: dict, r: Report, work: Path, n: int, reps: int) -> None:
