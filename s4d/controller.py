@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -30,6 +31,7 @@ from s4d.storage import Storage
 from s4d.transfer import hash_file_async
 
 Push = Callable[[int, str, str, str, int], Awaitable[None]]
+_READ_BYTES = 65536  # one read of a command's stderr: a whole pipe, at its default size
 
 
 @dataclass
@@ -125,23 +127,14 @@ class Controller:
         async with self.limiter:
             proc, pidfd, stderr = _spawn(self.bash, ["bash", "-euo", "pipefail", "-c", cmd], stdin,
                                          stdout, cwd, {**self.env, **env})
-            tail = bytearray()
             try:
                 with trio.move_on_after(timeout) as scope:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(_keep_tail, stderr, tail)
-                        await trio.lowlevel.wait_readable(pidfd)
-                        _kill_group(proc)  # background children die with it
+                    tail = await _wait(pidfd, stderr)
                 if scope.cancelled_caught:
                     raise Timeout(f"command timed out after {timeout:g}s on {self.name} for {what}")
             finally:
-                _kill_group(proc)  # bash is not reaped yet: its pid is still the group's
-                if proc.poll() is None:
-                    with trio.CancelScope(shield=True):
-                        await trio.lowlevel.wait_readable(pidfd)
-                    proc.wait()
-                os.close(pidfd)
-                await stderr.aclose()
+                await _reap(proc, pidfd)  # with its background children, however it ended
+                os.close(stderr)
         if proc.returncode != 0:
             text = tail.decode(errors="replace").strip()
             # the tail of stderr, on the one line an error gets
@@ -294,9 +287,9 @@ def _printed_files(listing: str, cwd: str, node: str, what: str) -> list[str]:
 
 def _spawn(path: str, argv: list[str], stdin: int, stdout: int, cwd: str, env: dict):
     """Start the program at path as argv in a new session (its own process group);
-    return it, a pidfd that turns readable when it exits, and its stderr. On the
-    event loop, not in a worker thread: Popen vforks, so this waits for the exec
-    and no longer."""
+    return it, a pidfd that turns readable when it exits, and its stderr (the
+    non-blocking read end of a pipe). On the event loop, not in a worker thread:
+    Popen vforks, so this waits for the exec and no longer."""
     r, w = os.pipe()
     try:
         proc = subprocess.Popen(argv, executable=path, stdin=stdin, stdout=stdout, stderr=w,
@@ -306,19 +299,57 @@ def _spawn(path: str, argv: list[str], stdin: int, stdout: int, cwd: str, env: d
         raise
     finally:
         os.close(w)
+    os.set_blocking(r, False)
     try:
-        pidfd = os.pidfd_open(proc.pid)
+        return proc, os.pidfd_open(proc.pid), r
     except OSError:  # out of fds: it could not be waited for
         _kill_group(proc)
         os.close(r)
         raise
-    return proc, pidfd, trio.lowlevel.FdStream(r)
 
 
-async def _keep_tail(stream, tail: bytearray) -> None:
-    while data := await stream.receive_some(65536):
+async def _wait(pidfd: int, stderr: int) -> bytes:
+    """Wait for a command to exit; return the tail of its stderr. One epoll set
+    holds both fds, so one task waits for either: no reader task per command."""
+    tail = bytearray()
+    with select.epoll() as ready:
+        ready.register(pidfd, select.EPOLLIN)
+        ready.register(stderr, select.EPOLLIN)
+        while True:
+            await trio.lowlevel.wait_readable(ready.fileno())
+            for fd, _ in ready.poll(0):
+                if fd == pidfd:  # what it wrote before it exited is in the pipe: at most its size
+                    _read_tail(stderr, tail, limits.PIPE_BYTES)
+                    return bytes(tail)
+                if not _read_tail(stderr, tail, _READ_BYTES):  # a chunk a wake-up: no hogging
+                    ready.unregister(stderr)  # every writer closed it: only the exit is left
+
+
+def _read_tail(fd: int, tail: bytearray, most: int) -> bool:
+    """Read up to `most` bytes of what the non-blocking pipe fd holds, keeping
+    the last STDERR_TAIL_BYTES in tail; False at its end."""
+    while most > 0:
+        try:
+            data = os.read(fd, _READ_BYTES)
+        except BlockingIOError:
+            return True
+        if not data:
+            return False
         tail += data
         del tail[:-limits.STDERR_TAIL_BYTES]
+        most -= len(data)
+    return True
+
+
+async def _reap(proc: subprocess.Popen, pidfd: int) -> None:
+    """Kill proc's process group, then reap proc. In this order: until it is
+    reaped, its pid cannot be reused, so the group is still the one it made."""
+    _kill_group(proc)
+    if proc.poll() is None:
+        with trio.CancelScope(shield=True):  # SIGKILLed: it is gone promptly
+            await trio.lowlevel.wait_readable(pidfd)
+        proc.wait()
+    os.close(pidfd)
 
 
 def _kill_group(proc) -> None:
