@@ -21,10 +21,19 @@ S4D = str(BIN / "s4d")
 S4CTL = str(BIN / "s4ctl")
 
 
+_given: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on, never one this process handed out before (the
+    kernel can give the same free port twice before anyone binds it)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _given:
+            _given.add(port)
+            return port
 
 
 def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> None:
