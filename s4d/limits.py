@@ -52,6 +52,12 @@ CLIENT_BACKOFF_FIRST_S = 0.05
 CLIENT_BACKOFF_MAX_S = 1.0
 CLIENT_PARALLEL_TRANSFERS = 8  # cp -r: transfers in flight at once
 
+# --- rm -r -------------------------------------------------------------------
+# Each unlink of a file whose blocks are on disk can wait for a discard (a
+# `discard`-mounted filesystem); unlinks from several threads overlap them.
+RM_THREADS = 16               # threads unlinking at once, per rm
+RM_BATCH_KEYS = 256           # keys of one directory per thread call (a cancel waits for one)
+
 # --- controller -------------------------------------------------------------
 STDERR_TAIL_BYTES = 2048      # what a failed command's error keeps of its stderr
 PUSH_PARALLEL = 4             # map outputs sent to other nodes at once, per map

@@ -245,20 +245,40 @@ class Server:
             deleted = 1
         else:
             keys.check_prefix(prefix)
-            deleted = 0
-            emptied: set[str] = set()
-            for name, _, _ in await trio.to_thread.run_sync(self.storage.list, prefix, True):
-                try:
-                    emptied.add(self.storage.delete(name, prune=False))
-                    deleted += 1
-                except NotFound:
-                    pass
-                if deleted % 1000 == 0:
-                    await trio.lowlevel.checkpoint()
-            self.storage.prune(emptied)
+            deleted = await self._delete_listed(prefix)
         with Idle(self.idle_s, "rm reply") as idle:
             await send_frame(sock, {"ok": True, "deleted": deleted}, idle)
         return {"deleted": deleted}
+
+    async def _delete_listed(self, prefix: str) -> int:
+        """Delete every key under prefix: batches of one directory's names, unlinked
+        by RM_THREADS threads at once (each unlink of a file on disk may wait for a
+        discard; they overlap), the empty directories pruned once at the end. The
+        event loop stays free; a cancel stops it between batches."""
+        by_dir: dict[str, list[str]] = {}
+        for name, _, _ in await trio.to_thread.run_sync(self.storage.list, prefix, True):
+            d, _, base = name.rpartition("/")
+            by_dir.setdefault(d, []).append(base)
+        batches = [(d, names[i:i + limits.RM_BATCH_KEYS])
+                   for d, names in by_dir.items() for i in range(0, len(names), limits.RM_BATCH_KEYS)]
+        batches.reverse()  # popped from the end: in listing order
+        emptied: set[str] = set()
+        deleted = 0
+
+        async def worker() -> None:
+            nonlocal deleted
+            while batches:
+                d, names = batches.pop()
+                n = await trio.to_thread.run_sync(self.storage.delete_in, d, names)
+                if n:
+                    deleted += n
+                    emptied.add(os.path.join(self.storage.root, d))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(limits.RM_THREADS):
+                nursery.start_soon(worker)
+        self.storage.prune(emptied)
+        return deleted
 
     async def _map(self, op: str, sock, msg: dict) -> dict:
         for field in ("indir", "outdir"):

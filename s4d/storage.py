@@ -11,8 +11,10 @@ or collide with, a key. A key appears by `os.link` of a finished, verified
 temp file that already carries its checksum: atomic, and it cannot
 overwrite, so of two racing puts exactly one wins. Publish and delete run
 without an await in between their steps, so no other task of this daemon
-sees a half-made directory. Paths come from validated keys and are checked
-again here: a symlink planted in the data dir is never followed.
+sees a half-made directory; `rm -r` unlinks files from threads, but makes and
+removes directories only on the event loop too. Paths come from validated
+keys and are checked again here: a symlink planted in the data dir is never
+followed.
 """
 from __future__ import annotations
 
@@ -144,10 +146,8 @@ class Storage:
         os.unlink(src)
         self._active.discard(src)
 
-    def delete(self, key: str, prune: bool = True) -> str:
-        """Remove a key; return its directory. prune=False leaves empty directories
-        to `prune` later: rmdir of a big directory emptied from the front rescans
-        it every time, which made deleting its keys one by one quadratic."""
+    def delete(self, key: str) -> None:
+        """Remove one key and the directories it leaves empty."""
         path = self.path(key)
         try:
             st = os.lstat(path)
@@ -156,12 +156,38 @@ class Storage:
         if not stat.S_ISREG(st.st_mode) or not self._inside(path):
             raise NotFound(f"no such key: {keys.url(key)}")
         os.unlink(path)
-        if prune:
-            self._prune(os.path.dirname(path))
-        return os.path.dirname(path)
+        self._prune(os.path.dirname(path))
+
+    def delete_in(self, rel: str, names: list[str]) -> int:
+        """Unlink the files `names` (from a listing) of the key directory `rel`
+        (wire form, `bucket/a`); return how many went. The directory is opened
+        once and must be where its path says, every component a real directory
+        (no realpath per key); unlinkat never follows the last component."""
+        d = os.path.join(self.root, rel)
+        try:
+            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                return 0
+            raise
+        deleted = 0
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != d:  # a symlink somewhere on the way
+                return 0
+            for name in names:
+                try:
+                    os.unlink(name, dir_fd=fd)
+                    deleted += 1
+                except (FileNotFoundError, IsADirectoryError):
+                    pass
+        finally:
+            os.close(fd)
+        return deleted
 
     def prune(self, dirs: set[str]) -> None:
-        """Remove the empty ones of dirs and their empty parents, deepest first."""
+        """Remove the empty ones of dirs and their empty parents, deepest first.
+        Once, after deleting many keys: rmdir of a big directory emptied from the
+        front rescans it every time, which made pruning per key quadratic."""
         for d in sorted(dirs, key=lambda d: d.count("/"), reverse=True):
             self._prune(d)
 

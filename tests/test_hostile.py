@@ -675,3 +675,26 @@ def test_a_tmp_dir_replaced_by_a_symlink_is_not_swept_through_nor_written_throug
     time.sleep(0.5)
     d.fds_baseline = d.fds()
     d.assert_unharmed()
+
+
+def test_rm_r_does_not_unlink_through_a_listed_directory_that_became_a_symlink(tmp_path):
+    """rm -r lists first and unlinks the listed names later, from threads, one
+    directory at a time: a directory of the listing replaced by a link in the
+    meantime, or any directory above it, is not gone through."""
+    from s4d.storage import Storage
+    canary = make_canary(tmp_path)
+    before = _snapshot(canary)
+    data = tmp_path / "data"
+    storage = Storage(str(data))
+    (data / "b" / "d" / "sub").mkdir(parents=True)
+    (data / "b" / "d" / "sub" / "x").write_bytes(b"x")
+    listed = ["secret", "000", "x"]  # names the canary (and the real dir) holds
+    os.rename(data / "b" / "d", data / "b" / "real")
+    os.symlink(canary, data / "b" / "d")        # the listed directory itself
+    os.symlink(canary, data / "evil")           # a directory above it: evil/sub is canary/sub
+    for rel in ("b/d", "b/d/sub", "evil", "evil/sub"):
+        assert storage.delete_in(rel, listed) == 0, rel
+    assert _snapshot(canary) == before
+    assert storage.delete_in("b/real/sub", listed) == 1  # a real directory: its one listed key
+    assert not (data / "b" / "real" / "sub" / "x").exists()
+    assert storage.delete_in("b/gone", listed) == 0
