@@ -242,8 +242,8 @@ def cmd_cp(args: dict, conf_path) -> int:
     key = keys.strip_scheme(src)
     if key.endswith("/"):
         raise UsageError(f"{src} is a directory (use -r)")
-    if dst == "-":
-        client.get(key, sys.stdout.fileno())
+    if dst == "-":  # stdout cannot take bytes back: the node verifies before it sends
+        client.get(key, sys.stdout.fileno(), verify_first=True)
         return 0
     if dst.endswith("/") or os.path.isdir(dst):
         dst = os.path.join(dst, keys.basename(key))
@@ -333,9 +333,23 @@ def _get_tree(client, prefix: str, dst: str) -> int:
         key = name  # ls -r names are whole wire paths, bucket included
         rel = key[len(strip):] if key.startswith(strip) else keys.basename(key)
         jobs.append((key, os.path.join(dst, rel)))
-
+    _refuse_clashes(jobs)
     _parallel(client, jobs, lambda job: _download(client, *job))
     return 0
+
+
+def _refuse_clashes(jobs: list[tuple[str, str]]) -> None:
+    """Fail before writing anything if one key's local path is another's directory
+    (s4://b/x and s4://b/x/y: keys on different nodes may share a name)."""
+    from s4d import keys
+    by_path = {os.path.normpath(path): key for key, path in jobs}
+    for key, path in jobs:
+        parent = os.path.dirname(os.path.normpath(path))
+        while parent not in ("", ".", "/"):
+            if parent in by_path:
+                raise UsageError(f"cannot copy both {keys.url(by_path[parent])} and {keys.url(key)}: "
+                                 f"{parent} would be a file and a directory; copy them separately")
+            parent = os.path.dirname(parent)
 
 
 def _put_tree(client, prefix: str, src: str) -> int:
@@ -371,7 +385,7 @@ def _stamp(mtime: int) -> str:
 def cmd_ls(args: dict, conf_path) -> int:
     from s4d import keys
     prefix = keys.strip_scheme(args["PREFIX"]) if args["PREFIX"] else ""
-    recursive = args["--recursive"]
+    recursive = args["--recursive"] and bool(prefix)  # no PREFIX: the buckets, with -r too
     if prefix and "/" not in prefix:
         prefix += "/"  # `ls [-r] s4://bucket` lists that bucket (not bucket2), as aws s3 ls does
     entries = _client(args, conf_path).ls(prefix, recursive)

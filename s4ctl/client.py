@@ -24,7 +24,8 @@ from _thread import get_ident
 import xxhash
 
 from s4d import checksum, keys, limits, placement, protocol
-from s4d.errors import (Busy, ChecksumMismatch, S4Error, Timeout, Unavailable, from_wire)
+from s4d.errors import (Busy, ChecksumMismatch, ProtocolError, S4Error, Timeout, Unavailable,
+                        from_wire)
 
 Node = tuple[str, int]
 _F_SETPIPE_SZ = 1031
@@ -121,8 +122,11 @@ class Conn:
         return bytes(buf)
 
     def recv_frame(self) -> dict:
-        length = protocol.decode_frame_header(self.recv_exactly(protocol.FRAME_HEADER_BYTES))
-        return protocol.decode_frame_body(self.recv_exactly(length))
+        try:
+            length = protocol.decode_frame_header(self.recv_exactly(protocol.FRAME_HEADER_BYTES))
+            return protocol.decode_frame_body(self.recv_exactly(length))
+        except ProtocolError as e:  # e.g. an HTTP server on that port: "HTTP" reads as a huge length
+            raise ProtocolError(f"{self.name} does not answer as an s4 node ({e.message})") from None
 
     def recv_reply(self) -> dict:
         """The next frame; an error frame is raised as its S4Error."""
@@ -336,10 +340,16 @@ class Client:
                                    f"{digest} (corrupt on disk or on the wire)")
         return size
 
-    def get(self, key: str, out_fd: int) -> int:
-        """Write key's bytes to out_fd, verified against the checksum stored at write time."""
+    def get(self, key: str, out_fd: int, verify_first: bool = False) -> int:
+        """Write key's bytes to out_fd, verified against the checksum stored at write time.
+
+        The bytes are checked as they arrive, so on a mismatch out_fd already holds
+        them: fine for a temp file the caller discards. For an fd that cannot take
+        bytes back (stdout), verify_first has the node check the file before it
+        sends a byte (one more pass over it there)."""
         keys.check_key(key)
-        return self._call(self.node_for(key), {"op": "get", "key": key},
+        request = {"op": "get", "key": key, "verify": True} if verify_first else {"op": "get", "key": key}
+        return self._call(self.node_for(key), request,
                           lambda conn, reply: self._recv_verified(conn, reply, out_fd, keys.url(key)))
 
     def eval(self, key: str, cmd: str, out_fd: int, timeout: float | None = None) -> int:

@@ -53,8 +53,14 @@ def load(explicit: str | None = None) -> tuple[list[Node], str | None]:
     path = find(explicit)
     if path is None:
         return [limits.DEFAULT_NODE], None
-    with open(path) as f:
-        return parse(f.read(), path), path
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        raise ConfError(f"{path}: not a conf (not UTF-8 text; expected one host:port per line)") from None
+    except OSError as e:
+        raise ConfError(f"cannot read conf {path}: {e.strerror or e}") from None
+    return parse(text, path), path
 
 
 def own_addresses() -> set[str]:

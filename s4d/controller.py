@@ -159,15 +159,15 @@ class Controller:
             self.storage.discard(out)
             self.storage.discard(cwd)
 
-    async def _verified(self, key: str) -> str:
+    async def verified(self, key: str) -> str:
         """The path of a key whose bytes still hash to the checksum stored at write
-        time: a command never reads corruption silently (one mmap'd pass, in the
-        page cache that the command then reads from)."""
+        time: a command (or a reader of `get` with verify) never reads corruption
+        (one mmap'd pass, in the page cache that the reader then reads from)."""
         path, size, stored = self.storage.stat(key)
         digest = await hash_file_async(path, size)
         if digest != stored:
-            raise ChecksumMismatch(f"{keys.url(key)} is corrupt on {self.name}: stored xxh3 "
-                                   f"{stored}, its bytes hash to {digest}", node=self.name)
+            raise ChecksumMismatch(f"checksum mismatch: {keys.url(key)} is corrupt on {self.name}: "
+                                   f"stored xxh3 {stored}, its bytes hash to {digest}", node=self.name)
         return path
 
     async def _publish(self, path: str, key: str) -> None:
@@ -200,7 +200,7 @@ class Controller:
 
         async def one(item) -> None:
             key, size = item
-            async with self.command(msg["cmd"], await self._verified(key), keys.basename(key),
+            async with self.command(msg["cmd"], await self.verified(key), keys.basename(key),
                                     msg.get("timeout"), keys.url(key)) as (out, _):
                 await self._publish(out, outdir + key[len(indir):])
             progress.done += 1
@@ -222,7 +222,7 @@ class Controller:
         async def one(item) -> None:
             key, size = item
             name = keys.basename(key)
-            async with self.command(msg["cmd"], await self._verified(key), name,
+            async with self.command(msg["cmd"], await self.verified(key), name,
                                     msg.get("timeout"), keys.url(key)) as (listing, cwd):
                 files = _printed_files(listing, cwd, self.name, keys.url(key))
                 pairs = [(path, f"{outdir}{name}/{os.path.basename(path)}") for path in files]
@@ -242,7 +242,7 @@ class Controller:
         progress.total = len(inputs)
 
         async def one(members) -> None:
-            paths = "".join([await self._verified(k) + "\n" for k, _ in members])
+            paths = "".join([await self.verified(k) + "\n" for k, _ in members])
             name = group_name([k for k, _ in members])
             listing = self.storage.new_temp("in")
             try:
@@ -261,7 +261,7 @@ class Controller:
     @asynccontextmanager
     async def eval(self, key: str, cmd: str, timeout: float | None):
         """Run cmd over a key; yield the temp file holding its stdout."""
-        async with self.command(cmd, await self._verified(key), keys.basename(key), timeout,
+        async with self.command(cmd, await self.verified(key), keys.basename(key), timeout,
                                 keys.url(key)) as (out, _):
             yield out
 

@@ -31,7 +31,9 @@ _NUMBER = (int, float)
 #
 #   put         -> {"ok"} ready, client streams data, then {"xxh3", "size"},
 #                  -> {"ok", "size"}
-#   get         -> {"ok", "size", "xxh3"} + exactly size raw bytes (sendfile)
+#   get         -> {"ok", "size", "xxh3"} + exactly size raw bytes (sendfile);
+#                  with "verify": true the node first checks the file against
+#                  its stored checksum (for a reader that cannot take bytes back)
 #   ls          -> {"entries": [[name, size|null, mtime], ...]}... then {"ok"}
 #   rm          -> {"ok", "deleted"}
 #   eval        -> stream of the command's stdout, then {"ok"} or an error
@@ -50,7 +52,7 @@ OPS: dict[str, dict[str, type | tuple]] = {
     "map_from_n": _MAP_FIELDS,
     "health": {},
 }
-OPTIONAL_FIELDS: dict[str, type | tuple] = {"timeout": _NUMBER, "glob": str}
+OPTIONAL_FIELDS: dict[str, type | tuple] = {"timeout": _NUMBER, "glob": str, "verify": bool}
 PUT_TRAILER = {"xxh3": str, "size": int}
 
 

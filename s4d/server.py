@@ -19,9 +19,9 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from s4d import __version__, errors, keys, limits, protocol
+from s4d import __version__, errors, keys, limits, placement, protocol
 from s4d.controller import Controller, Progress
-from s4d.errors import (Busy, ChecksumMismatch, Exists, NoSpace, NotFound, ProtocolError,
+from s4d.errors import (BadRequest, Busy, ChecksumMismatch, NoSpace, NotFound, ProtocolError,
                         S4Error, Unavailable)
 from s4d.storage import Storage
 from s4d.transfer import (Idle, hash_file_async, recv_frame, recv_stream_to_file, send_all,
@@ -166,8 +166,12 @@ class Server:
     # --- handlers: one per op --------------------------------------------------------
     async def handle_put(self, sock, msg: dict) -> dict:
         key = msg["key"]
-        if self.storage.exists(key):
-            raise Exists(f"key exists (immutable: rm it first): {keys.url(key)}")
+        keys.check_key(key)  # a bad key is a bad key wherever it was sent
+        owner = placement.node_index(key, len(self.nodes))
+        if owner != self.self_index:  # a client whose conf differs from this node's
+            raise BadRequest(f"{keys.url(key)} belongs on {'%s:%d' % self.nodes[owner]}, not on "
+                             f"{self.name}: the client's conf must list the nodes in the same order")
+        self.storage.check_new(key)
         async with self.io_slot():
             temp = self.storage.new_temp()
             try:
@@ -214,6 +218,8 @@ class Server:
     async def handle_get(self, sock, msg: dict) -> dict:
         key = msg["key"]
         path, _, digest = self.storage.stat(key)  # the checksum stored at write time
+        if msg.get("verify"):  # the reader cannot take bytes back (stdout): no corrupt byte leaves
+            path = await self.controller.verified(key)
         async with self.io_slot():
             return {"bytes": await self._send_file(sock, path, digest, keys.url(key))}
 
@@ -244,7 +250,8 @@ class Server:
             self.storage.delete(prefix)
             deleted = 1
         else:
-            keys.check_prefix(prefix)
+            if not keys.check_prefix(prefix):
+                raise BadRequest("refusing to delete every bucket")  # as s4ctl does: rm -r s4://
             deleted = await self._delete_listed(prefix)
         with Idle(self.idle_s, "rm reply") as idle:
             await send_frame(sock, {"ok": True, "deleted": deleted}, idle)

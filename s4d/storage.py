@@ -107,8 +107,23 @@ class Storage:
             raise
         return path, st.st_size, digest
 
-    def exists(self, key: str) -> bool:
-        return os.path.lexists(self.path(key))
+    def check_new(self, key: str) -> None:
+        """Raise unless key could be published here now: checked before a put's
+        bytes move, so a put that cannot land fails at once (publish checks again)."""
+        parts = keys.check_key(key)
+        d = self.root
+        for i, part in enumerate(parts[:-1]):
+            d = os.path.join(d, part)
+            try:
+                if not stat.S_ISDIR(os.lstat(d).st_mode):
+                    raise _key_in_path(parts, i, key)
+            except (FileNotFoundError, NotADirectoryError):
+                return
+        final = os.path.join(d, parts[-1])
+        if os.path.isdir(final):
+            raise _directory_clash(key)
+        if os.path.lexists(final):
+            raise Exists(f"key exists (immutable: rm it first): {keys.url(key)}")
 
     def _make_parents(self, key: str, parts: list[str]) -> str:
         d = self.root
@@ -118,8 +133,7 @@ class Storage:
                 os.mkdir(d)
             except FileExistsError:
                 if not stat.S_ISDIR(os.lstat(d).st_mode):
-                    raise BadKey(f"{keys.url('/'.join(parts[:i + 1]))} is a key, "
-                                 f"so it cannot also be a directory of {keys.url(key)}") from None
+                    raise _key_in_path(parts, i, key) from None
             except OSError as e:
                 if e.errno == errno.ENOSPC:
                     raise NoSpace("no space left") from None
@@ -141,8 +155,9 @@ class Storage:
             os.link(src, final)
         except FileExistsError:
             self._prune(os.path.dirname(final))
-            what = "a directory" if os.path.isdir(final) else "immutable: rm it first"
-            raise Exists(f"key exists ({what}): {keys.url(key)}") from None
+            if os.path.isdir(final):
+                raise _directory_clash(key) from None
+            raise Exists(f"key exists (immutable: rm it first): {keys.url(key)}") from None
         os.unlink(src)
         self._active.discard(src)
 
@@ -265,3 +280,13 @@ class Storage:
                     count += 1
                     size += n
         return count, size
+
+
+def _key_in_path(parts: list[str], i: int, key: str) -> BadKey:
+    return BadKey(f"{keys.url('/'.join(parts[:i + 1]))} is a key, "
+                  f"so it cannot also be a directory of {keys.url(key)}")
+
+
+def _directory_clash(key: str) -> Exists:
+    return Exists(f"cannot store {keys.url(key)}: {keys.url(key)}/ is a directory "
+                  "(a key and a directory cannot share a name)")

@@ -68,6 +68,16 @@ def recv_frame(sock: socket.socket) -> dict | None:
     return protocol.decode_frame_body(recv_exactly(sock, protocol.decode_frame_header(header)) or b"")
 
 
+def assert_one_line_error(proc, *needles: str) -> None:
+    """A failed s4ctl: exit 1, one stderr line holding every needle, no traceback."""
+    err = proc.stderr if isinstance(proc.stderr, str) else proc.stderr.decode()
+    assert proc.returncode == 1, (proc.returncode, err)
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+
+
 class Cluster:
     def __init__(self, root: Path, nodes: int = 3, args: tuple[str, ...] = ()):
         self.root = Path(root)

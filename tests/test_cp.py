@@ -7,11 +7,9 @@ import os
 
 import pytest
 
-from tests.cluster import Cluster
+from tests.cluster import Cluster, assert_one_line_error
 
 MiB = 1024 * 1024
-
-
 
 
 def tree(root) -> dict[str, bytes]:
@@ -36,15 +34,6 @@ def put_bytes(c: Cluster, url: str, data: bytes) -> None:
 
 def get_bytes(c: Cluster, url: str) -> bytes:
     return c.s4ctl("cp", url, "-", input=b"").stdout
-
-
-def assert_one_line_error(proc, *needles: str) -> None:
-    assert proc.returncode == 1, proc
-    err = proc.stderr if isinstance(proc.stderr, str) else proc.stderr.decode()
-    assert "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1, err
-    for needle in needles:
-        assert needle in err, err
 
 
 # --- data, byte for byte ------------------------------------------------------------

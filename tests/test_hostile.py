@@ -31,6 +31,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import xxhash
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from s4d import keys, limits, protocol
@@ -153,7 +154,8 @@ def test_check_request_passes_only_requests_whose_every_field_has_its_type(msg):
         assert isinstance(value, typ) and (typ is bool or not isinstance(value, bool)), (name, value)
     for name, typ in protocol.OPTIONAL_FIELDS.items():
         value = msg.get(name)
-        assert value is None or (isinstance(value, typ) and not isinstance(value, bool)), (name, value)
+        assert value is None or (isinstance(value, typ) and (typ is bool or not isinstance(value, bool))), \
+            (name, value)
     if msg.get("timeout") is not None:
         assert msg["timeout"] > 0
     assert not isinstance(msg.get("cmd"), str) or len(msg["cmd"]) <= limits.CMD_MAX_BYTES
@@ -698,3 +700,24 @@ def test_rm_r_does_not_unlink_through_a_listed_directory_that_became_a_symlink(t
     assert storage.delete_in("b/real/sub", listed) == 1  # a real directory: its one listed key
     assert not (data / "b" / "real" / "sub" / "x").exists()
     assert storage.delete_in("b/gone", listed) == 0
+
+
+def test_a_put_sent_to_a_node_the_key_does_not_belong_on_is_refused_and_stores_nothing(make_cluster):
+    c = make_cluster(nodes=2)
+    data = b"abc"
+    put = (protocol.encode({"op": "put", "key": "misplaced/001_k"})  # 001: node 1's, sent to node 0
+           + protocol.encode_chunk_header(len(data)) + data + protocol.END_OF_STREAM
+           + protocol.encode({"xxh3": xxhash.xxh3_64_hexdigest(data), "size": len(data)}))
+    frames = exchange(c.ports[0], put)
+    assert error_codes(frames) == ["bad_request"], frames
+    assert "belongs on 127.0.0.1:%d" % c.ports[1] in frames[0]["message"]
+    assert not (c.data_dirs[0] / "misplaced").exists() and not c.temp_files()
+
+
+def test_rm_r_of_everything_sent_by_hand_is_refused_and_deletes_nothing(daemon):
+    before = daemon.client.ls("", True)
+    assert before
+    frames = exchange(daemon.port, protocol.encode({"op": "rm", "prefix": "", "recursive": True}))
+    assert error_codes(frames) == ["bad_request"], frames
+    assert daemon.client.ls("", True) == before
+    daemon.assert_unharmed()

@@ -10,12 +10,10 @@ import time
 import pytest
 import xxhash
 
-from s4d import protocol
-from tests.cluster import S4CTL, Cluster, recv_frame
+from s4d import placement, protocol
+from tests.cluster import S4CTL, Cluster, assert_one_line_error, recv_frame
 
 MiB = 1024 * 1024
-
-
 
 
 def get(c: Cluster, url: str) -> bytes:
@@ -29,15 +27,6 @@ def wait_for(condition, timeout: float, what: str):
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
     return result
-
-
-def assert_one_line_error(proc, *needles: str) -> None:
-    err = proc.stderr if isinstance(proc.stderr, str) else proc.stderr.decode()
-    assert proc.returncode == 1, (proc.returncode, err)
-    assert "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1, err
-    for needle in needles:
-        assert needle in err, err
 
 
 # --- immutability -------------------------------------------------------------------
@@ -63,6 +52,32 @@ def test_rm_then_put_stores_the_new_data(shared, b):
     shared.s4ctl("rm", url)
     shared.s4ctl("cp", "-", url, input=b"new")
     assert get(shared, url) == b"new"
+
+
+def _on_node(b: str, name: str, nodes: int = 3) -> int:
+    return placement.node_index(f"{b}/{name}", nodes)
+
+
+def test_a_put_that_clashes_with_a_directory_on_its_node_says_so_and_stores_nothing(shared, b):
+    i = _on_node(b, "d")
+    shared.s4ctl("cp", "-", f"s4://{b}/d/00{i}", input=b"inside")  # 00i: on d's node
+    proc = shared.s4ctl("cp", "-", f"s4://{b}/d", input=os.urandom(MiB), check=False)
+    assert_one_line_error(proc, f"s4://{b}/d/ is a directory", "cannot share a name")
+    proc = shared.s4ctl("cp", "-", f"s4://{b}/d/00{i}/00{i}", input=b"y", check=False)
+    assert_one_line_error(proc, f"s4://{b}/d/00{i} is a key")
+    listed = shared.s4ctl("ls", "-r", f"s4://{b}").stdout.splitlines()
+    assert [line.split()[-1] for line in listed] == [f"d/00{i}"]
+    assert not shared.temp_files()
+
+
+def test_cp_r_refuses_a_tree_where_one_key_is_another_keys_directory_and_writes_nothing(shared, b, tmp_path):
+    i = _on_node(b, "q")
+    shared.s4ctl("cp", "-", f"s4://{b}/q/00{(i + 1) % 3}", input=b"inside")
+    shared.s4ctl("cp", "-", f"s4://{b}/q", input=b"a key")  # on another node than q/'s key: stored
+    for dst in (tmp_path / "out", tmp_path):
+        proc = shared.s4ctl("cp", "-r", f"s4://{b}", str(dst), check=False)
+        assert_one_line_error(proc, f"s4://{b}/q", "a file and a directory")
+    assert os.listdir(tmp_path) == []
 
 
 def test_a_key_cannot_also_be_a_directory_and_a_directory_cannot_be_a_key(shared, b):
@@ -201,7 +216,8 @@ def test_a_key_corrupted_on_disk_is_never_served(shared, b, tmp_path, how):
     assert sorted(os.listdir(out)) == ["k"] and (out / "k").read_bytes() == b"previous contents"
 
     proc = shared.s4ctl("cp", url, "-", input=b"", check=False)
-    assert proc.returncode != 0 and b"checksum" in proc.stderr
+    assert_one_line_error(proc, "checksum", url)
+    assert proc.stdout == b""  # stdout cannot take bytes back: the node checks before it sends
 
     proc = shared.s4ctl("cp", "-r", f"s4://{b}/dir", str(tmp_path / "tree"), check=False)
     assert proc.returncode != 0 and "checksum" in proc.stderr
@@ -257,7 +273,7 @@ def test_checksums_are_not_keys_and_a_key_named_like_one_works(shared, b):
 def test_a_put_whose_checksum_does_not_match_leaves_nothing(shared, b, trailer):
     data = os.urandom(MiB)
     digest = xxhash.xxh3_64(data).hexdigest()
-    key = f"{b}/k"
+    key = f"{b}/000_k"  # 000: node 0's, where it is sent
     with socket.create_connection(("127.0.0.1", shared.ports[0]), timeout=30) as sock:
         sock.sendall(protocol.encode({"op": "put", "key": key}))
         assert recv_frame(sock) == {"ok": True}
@@ -270,5 +286,5 @@ def test_a_put_whose_checksum_does_not_match_leaves_nothing(shared, b, trailer):
         reply = recv_frame(sock)
     expected = "bad_request" if trailer == "abort" else "checksum_mismatch"
     assert reply.get("error") == expected, reply
-    assert not [p for p in shared.files(0) if p.name == "k"]
+    assert not [p for p in shared.files(0) if p.name == "000_k"]
     wait_for(lambda: not shared.temp_files(), 30, "temp files to go")

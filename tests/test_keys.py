@@ -236,9 +236,9 @@ def test_the_daemon_never_lists_its_internals(attacked):
     c = attacked
     # leave something in every node's _tmp: a stalled upload holds a temp file
     socks = []
-    for port in c.ports:
+    for i, port in enumerate(c.ports):
         sock = socket.create_connection(("127.0.0.1", port), timeout=15)
-        sock.sendall(protocol.encode({"op": "put", "key": f"b/stalled{port}"}))
+        sock.sendall(protocol.encode({"op": "put", "key": f"b/{i:03d}_stalled"}))  # 00i: node i's
         assert recv_frame(sock) == {"ok": True}
         sock.sendall(protocol.encode_chunk_header(100) + b"x" * 10)
         socks.append(sock)

@@ -12,14 +12,12 @@ import uuid
 import pytest
 
 from s4d import __version__
-from tests.cluster import S4CTL, Cluster
+from tests.cluster import S4CTL, Cluster, assert_one_line_error
 
 LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (\d+) (\S+)$")
 PRE = re.compile(r"^ +PRE (\S+/)$")
 BUCKET = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (\S+)$")
 COMMANDS = ["cp", "ls", "rm", "eval", "map", "map-to-n", "map-from-n", "health", "config"]
-
-
 
 
 def put(c: Cluster, b: str, *names: str, data: bytes = b"") -> None:
@@ -47,14 +45,6 @@ def names(lines: list[str]) -> list[str]:
         else:
             raise AssertionError(f"not an `aws s3 ls` line: {line!r}")
     return out
-
-
-def assert_one_line_error(proc, *needles: str) -> None:
-    assert proc.returncode == 1, proc
-    assert "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    for needle in needles:
-        assert needle in proc.stderr, proc.stderr
 
 
 # --- ls -------------------------------------------------------------------------------
@@ -117,6 +107,12 @@ def test_ls_without_a_prefix_lists_the_buckets(shared, b):
     assert b in buckets and b + "z" in buckets
     assert buckets == sorted(buckets)
     assert not any(name.startswith("_") for name in buckets)  # no daemon internals
+
+
+def test_ls_r_without_a_prefix_lists_the_buckets_too(shared, b):
+    put(shared, b, "x/y")
+    assert ls(shared, "-r") == ls(shared) == ls(shared, "-r", "s4://")
+    assert any(line.endswith(" " + b) for line in ls(shared, "-r"))
 
 
 def test_ls_exits_1_and_prints_nothing_when_nothing_matches(shared, b):

@@ -148,11 +148,14 @@ def test_a_named_conf_that_does_not_exist_or_is_malformed_is_a_one_line_error(co
     home, paths = confs
     bad = tmp_path / "bad.conf"
     bad.write_text("127.0.0.1:8080\nnot a node\n")
+    binary = tmp_path / "binary.conf"
+    binary.write_bytes(b"sM\xc8\x00\xff" * 20)
     for args, env, needle in (
             (("config", "--conf", str(tmp_path / "missing")), {"HOME": str(home)}, "missing"),
             (("config",), {"HOME": str(home), "S4_CONF_PATH": str(tmp_path / "gone")}, "gone"),
             (("config",), {"HOME": str(home), "S4_CONF_PATH": str(bad)}, "bad.conf:2"),
             (("ls", "-c", str(bad)), {"HOME": str(home)}, "bad.conf:2"),
+            (("ls", "-c", str(binary)), {"HOME": str(home)}, "binary.conf: not a conf"),
             (("cp", "-", "s4://b/k", "--conf", str(tmp_path / "missing")), {"HOME": str(home)}, "missing")):
         proc = s4ctl(*args, env=env)
         assert proc.returncode == 1, (args, proc)

@@ -617,3 +617,24 @@ def test_a_map_over_a_cluster_with_a_dead_node_fails_at_once_naming_it(make_clus
     line = one_line_error(failed)
     assert cluster.address(0) in line, line
     assert time.monotonic() - started < limits.CONNECT_TIMEOUT_S + MARGIN_S
+
+
+def test_a_conf_entry_that_is_not_an_s4_node_is_a_one_line_error(tmp_path):
+    """An HTTP server on a listed port: its answer ("HTTP" read as a length) is named as such."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    conf = tmp_path / "s4.conf"
+    port = server.getsockname()[1]
+    conf.write_text(f"127.0.0.1:{port}\n")
+    proc = subprocess.run([S4CTL, "-c", str(conf), "cp", "s4://b/k", "-"], capture_output=True,
+                          stdin=subprocess.DEVNULL, timeout=30)
+    server.close()
+    line = one_line_error(proc)
+    assert f"127.0.0.1:{port} does not answer as an s4 node" in line, line
