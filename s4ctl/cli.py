@@ -54,7 +54,8 @@ be s4:// and the other local: there is no move.
   cp -r . s4://b           stores the current directory at the bucket root
 
 Keys are immutable: to replace one, rm it first. Every byte is checked with
-xxh3 end to end; a download that fails the check leaves no file behind.
+xxh3 end to end; a download that fails the check leaves no file behind, and
+to stdout the node checks the key before it sends a byte.
 
 Options:
   -r, --recursive  copy a directory tree
@@ -67,7 +68,7 @@ and `PRE name/` for directories. Without -r: the entries of PREFIX's
 directory, names relative to it; a partial last component matches by prefix
 (s4://b/dir/ke lists dir's entries starting with `ke`). With -r: every key
 starting with PREFIX, as paths relative to the bucket, sorted. Without
-PREFIX: the buckets. Exits 1 when nothing matches.
+PREFIX (with or without -r): the buckets. Exits 1 when nothing matches.
 
 Options:
   -r, --recursive  list every key below PREFIX
