@@ -4,8 +4,6 @@ One `cmd_<name>` per subcommand, each with its own docopt usage text (shown
 by `s4ctl <command> --help`). Imports are kept to what a small `cp` needs:
 no trio, no psutil.
 """
-from __future__ import annotations
-
 import os
 import sys
 

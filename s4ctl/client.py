@@ -11,12 +11,8 @@ with what landed on its disk; a get hashes what arrives and compares it with
 the checksum the node stored at write time, so corruption anywhere between
 the writer's file and the reader's is an error, never data.
 """
-from __future__ import annotations
-
-import fcntl
 import os
 import _socket
-import select
 import stat
 import time
 from _thread import get_ident
@@ -55,19 +51,21 @@ def _connect(node: Node, timeout: float):
     raise error
 
 
-def _ready(sock, event: int, timeout: float) -> bool:
-    """poll(2), not select(2): select fails on fds over 1023, which a busy process has."""
+def _ready(sock, event: str, timeout: float) -> bool:
+    """poll(2), not select(2): select fails on fds over 1023, which a busy process has.
+    `select` is imported here: a small cp never waits, and the import is ~0.3 ms of it."""
+    import select
     poller = select.poll()
-    poller.register(sock, event)
+    poller.register(sock, getattr(select, event))
     return bool(poller.poll(timeout * 1000))
 
 
 def _readable(sock, timeout: float) -> bool:
-    return _ready(sock, select.POLLIN, timeout)
+    return _ready(sock, "POLLIN", timeout)
 
 
 def _writable(sock, timeout: float) -> bool:
-    return _ready(sock, select.POLLOUT, timeout)
+    return _ready(sock, "POLLOUT", timeout)
 
 
 class Conn:
@@ -150,6 +148,7 @@ class Conn:
     def splice_into(self, fd: int, size: int, trailing: checksum.Trailing) -> None:
         """Move size bytes from the socket into fd by splice(2), through a pipe;
         `trailing` hashes them a window behind."""
+        import fcntl
         r, w = os.pipe2(os.O_CLOEXEC)
         try:
             try:
@@ -307,13 +306,11 @@ class Client:
     def _recv_verified(self, conn: Conn, reply: dict, out_fd: int, what: str) -> int:
         """Receive reply['size'] bytes into out_fd, checking them against reply['xxh3'].
 
-        Into a fresh regular file opened O_RDWR the bytes go socket -> pipe -> file by
-        splice and are hashed from the page cache a window behind; anywhere else
-        (stdout) they pass through one buffer, hashed on the way."""
+        A big key into a fresh regular file opened O_RDWR goes socket -> pipe -> file by
+        splice and is hashed from the page cache a window behind; anything else (stdout,
+        a key of one buffer or less) passes through one buffer, hashed on the way."""
         size = reply["size"]
-        st = os.fstat(out_fd)
-        if (stat.S_ISREG(st.st_mode) and st.st_size == 0 and os.lseek(out_fd, 0, os.SEEK_CUR) == 0
-                and fcntl.fcntl(out_fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR):
+        if size > limits.BUFFER_BYTES and self._spliceable(out_fd):
             trailing = checksum.Trailing(out_fd)
             try:
                 conn.splice_into(out_fd, size, trailing)
@@ -339,6 +336,13 @@ class Client:
                                    f"xxh3 is {reply['xxh3']}, the bytes received hash to "
                                    f"{digest} (corrupt on disk or on the wire)")
         return size
+
+    @staticmethod
+    def _spliceable(fd: int) -> bool:
+        import fcntl
+        st = os.fstat(fd)
+        return (stat.S_ISREG(st.st_mode) and st.st_size == 0 and os.lseek(fd, 0, os.SEEK_CUR) == 0
+                and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR)
 
     def get(self, key: str, out_fd: int, verify_first: bool = False) -> int:
         """Write key's bytes to out_fd, verified against the checksum stored at write time.

@@ -11,9 +11,6 @@ writer, in a thread (xxhash releases the GIL), so a transfer does not wait
 for a second pass at its end. A file this process does not own (a user's
 file being uploaded) is hashed by pread instead: see `Trailing`.
 """
-from __future__ import annotations
-
-import mmap
 import os
 
 import xxhash
@@ -27,6 +24,7 @@ _SMALL = 64 * 1024
 
 def _update(h, fd: int, start: int, end: int) -> None:
     """Feed bytes [start, end) of fd to h; start is window-aligned."""
+    import mmap  # here: a small cp hashes by one read and never maps
     while start < end:
         length = min(_WINDOW, end - start)
         with mmap.mmap(fd, length, access=mmap.ACCESS_READ, offset=start) as m:

@@ -6,8 +6,6 @@ then `/etc/s4.conf`; with none of them the cluster is one local node,
 127.0.0.1:8080. Node order is conf order: placement depends on it, so every
 host and client must use the same file.
 """
-from __future__ import annotations
-
 import os
 
 from s4d import limits

@@ -5,8 +5,6 @@ reply frame exactly once (`to_wire`). The client turns the frame back into the
 same class (`from_wire`) and prints its one-line message. `ProtocolError`
 blames the peer for bytes that are not s4 frames.
 """
-from __future__ import annotations
-
 
 class S4Error(Exception):
     """Base class: `code` goes on the wire, the message is the one line a user sees."""

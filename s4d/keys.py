@@ -7,8 +7,6 @@ outside the data directory: no empty, `.` or `..` components, no NUL, no
 whitespace or control characters, no bucket starting with `_` (the daemon's
 own `_tmp` lives there), bounded lengths.
 """
-from __future__ import annotations
-
 from s4d import limits
 from s4d.errors import BadKey
 

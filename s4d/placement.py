@@ -6,8 +6,6 @@ the same in every process, machine and Python version (never `hash()`).
 So 1:1 and n:1 map outputs, which keep their input's basename or numeric
 prefix, land where their inputs are; only map-to-n moves data.
 """
-from __future__ import annotations
-
 import xxhash
 
 

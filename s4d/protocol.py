@@ -12,18 +12,15 @@ This module owns the encodings, the size caps (checked before anything is
 allocated) and the shape of each request; it owns no sockets and imports
 nothing heavy, so the client pays nothing for it and tests need no network.
 """
-from __future__ import annotations
-
 import _json
-import struct
 
 from s4d import limits
 from s4d.errors import BadRequest, ProtocolError
 
-_FRAME_HEADER = struct.Struct(">I")
-_CHUNK_HEADER = struct.Struct(">Q")
-FRAME_HEADER_BYTES = _FRAME_HEADER.size
-CHUNK_HEADER_BYTES = _CHUNK_HEADER.size
+# Big-endian unsigned lengths, by int.to_bytes / int.from_bytes: the `struct`
+# module would be one more import (~0.4 ms) of every small cp.
+FRAME_HEADER_BYTES = 4
+CHUNK_HEADER_BYTES = 8
 
 _NUMBER = (int, float)
 # op -> required fields and their types. One vocabulary from CLI to handler:
@@ -90,11 +87,13 @@ def encode(msg: dict) -> bytes:
     body = "".join(_dumps(msg, 0)).encode()
     if len(body) > limits.FRAME_MAX_BYTES:
         raise BadRequest(f"frame of {len(body)} bytes exceeds {limits.FRAME_MAX_BYTES}")
-    return _FRAME_HEADER.pack(len(body)) + body
+    return len(body).to_bytes(FRAME_HEADER_BYTES, "big") + body
 
 
 def decode_frame_header(header: bytes) -> int:
-    (length,) = _FRAME_HEADER.unpack(header)
+    if len(header) != FRAME_HEADER_BYTES:
+        raise ProtocolError(f"a frame header is {FRAME_HEADER_BYTES} bytes, got {len(header)}")
+    length = int.from_bytes(header, "big")
     if length > limits.FRAME_MAX_BYTES:
         raise ProtocolError(f"frame of {length} bytes exceeds {limits.FRAME_MAX_BYTES}")
     return length
@@ -111,11 +110,13 @@ def decode_frame_body(body: bytes) -> dict:
 
 
 def encode_chunk_header(length: int) -> bytes:
-    return _CHUNK_HEADER.pack(length)
+    return length.to_bytes(CHUNK_HEADER_BYTES, "big")
 
 
 def decode_chunk_header(header: bytes) -> int:
-    (length,) = _CHUNK_HEADER.unpack(header)
+    if len(header) != CHUNK_HEADER_BYTES:
+        raise ProtocolError(f"a chunk header is {CHUNK_HEADER_BYTES} bytes, got {len(header)}")
+    length = int.from_bytes(header, "big")
     if length > limits.CHUNK_MAX_BYTES:
         raise ProtocolError(f"chunk of {length} bytes exceeds {limits.CHUNK_MAX_BYTES}")
     return length
