@@ -4,7 +4,9 @@ One `cmd_<name>` per subcommand, each with its own docopt usage text (shown
 by `s4ctl <command> --help`). Imports are kept to what a small `cp` needs:
 no trio, no psutil.
 """
+import _signal
 import os
+import stat
 import sys
 
 USAGE = """\
@@ -27,7 +29,8 @@ Commands:
 
 Every command takes -c/--conf PATH (default: $S4_CONF_PATH, then ~/.s4.conf,
 then /etc/s4.conf, else the single node 127.0.0.1:8080) and --help.
-Options may come before or after the arguments.
+Options may come before or after the arguments; -- ends them (a local file
+named -1: s4ctl cp -- -1 s4://b/k).
 """
 
 CONF_OPTION = """\
@@ -36,11 +39,12 @@ CONF_OPTION = """\
 
 DOCS = {
     "cp": """\
-Usage: s4ctl cp [-r] [-c PATH] SRC DST
+Usage: s4ctl cp [-r] [-c PATH] [--] SRC DST
 
 Copy data to or from s4. Each of SRC and DST is an s4://bucket/key url, a
 local path, or a dash for stdin (as SRC) or stdout (as DST). One side must
-be s4:// and the other local: there is no move.
+be s4:// and the other local: there is no move. -- ends the options (a
+local file named -1: s4ctl cp -- -1 s4://b/k).
 
   cp file s4://b/dir/k     stores s4://b/dir/k
   cp file s4://b/dir/      stores s4://b/dir/file
@@ -55,80 +59,121 @@ Keys are immutable: to replace one, rm it first. Every byte is checked with
 xxh3 end to end; a download that fails the check leaves no file behind, and
 to stdout the node checks the key before it sends a byte.
 
+Special files, as cp treats them: a local SRC that is not a regular file (a
+FIFO, /dev/stdin, <(cmd), a /proc file) is read as a stream, like a dash. A
+local DST that is a symlink is followed; a device, FIFO or socket there is
+written in place (the node checks the key first), never replaced;
+/dev/stdout and /dev/fd/N write to that open file; a regular file is
+replaced whole, atomically, once the bytes verified. cp -r checks the whole
+tree before it writes anything (key names, names that would be both a key
+and a directory, existing keys, special files, dangling symlinks,
+unreadable files) and refuses it whole, in one line, if any fails.
+
 Options:
   -r, --recursive  copy a directory tree
 """ + CONF_OPTION,
     "ls": """\
-Usage: s4ctl ls [-r] [-c PATH] [PREFIX]
+Usage: s4ctl ls [-r] [-c PATH] [--] [PREFIX]
 
-List keys in the `aws s3 ls` format: `YYYY-MM-DD HH:MM:SS SIZE NAME` for keys
-and `PRE name/` for directories. Without -r: the entries of PREFIX's
+List keys in the `aws s3 ls` format, in aligned columns:
+`YYYY-MM-DD HH:MM:SS       SIZE NAME` for keys (SIZE right-aligned in 10
+characters) and `PRE name/` for directories. Without -r: the entries of PREFIX's
 directory, names relative to it; a partial last component matches by prefix
 (s4://b/dir/ke lists dir's entries starting with `ke`). With -r: every key
 starting with PREFIX, as paths relative to the bucket, sorted. Without
 PREFIX (with or without -r): the buckets. Exits 1 when nothing matches.
+`ls -r PREFIX` lists exactly the keys `rm -r PREFIX` deletes.
 
 Options:
   -r, --recursive  list every key below PREFIX
 """ + CONF_OPTION,
     "rm": """\
-Usage: s4ctl rm [-r] [-c PATH] PREFIX
+Usage: s4ctl rm [-r] [-c PATH] [--] PREFIX
 
 Delete one key, or with -r every key starting with PREFIX (s4://b/step
-deletes s4://b/step1/... and s4://b/step2/...; s4://step deletes every
-bucket starting with "step"). Deleting one key that does not exist fails;
-a recursive delete that matches nothing succeeds and prints nothing.
+deletes s4://b/step1/... and s4://b/step2/...), exactly the keys
+`s4ctl ls -r PREFIX` lists. A bucket name is matched whole: rm -r s4://logs
+never touches s4://logs-2024. Deleting one key that does not exist fails.
+A recursive delete prints how many keys it deleted
+(`delete: 3 keys starting with s4://b/step`); one that matches nothing
+succeeds and prints nothing.
 
 Options:
   -r, --recursive  delete every key starting with PREFIX
 """ + CONF_OPTION,
     "eval": """\
-Usage: s4ctl eval [-c PATH] [--timeout S] KEY CMD
+Usage: s4ctl eval [-c PATH] [--timeout S] [--] KEY CMD
 
 Run the bash command CMD on the node holding KEY, with the key's data on
 stdin and $filename set to its basename; print CMD's stdout. CMD runs in a
-fresh temp dir under `set -euo pipefail`.
+fresh temp dir.
+
+Commands run as `bash -euo pipefail -c CMD`: any failing command fails the
+whole, so a grep that matches nothing (exit 1) fails it, and so does a
+pipe whose reader stops early (`cat | head -1`: its writer dies of
+SIGPIPE, exit 141); add `|| true` where that is expected. An empty CMD is
+refused.
 
 Options:
   --timeout S      kill CMD after S seconds (default: the daemon's --timeout)
 """ + CONF_OPTION,
     "map": """\
-Usage: s4ctl map [-c PATH] [--timeout S] INDIR OUTDIR CMD
+Usage: s4ctl map [-c PATH] [--timeout S] [--] INDIR OUTDIR CMD
 
 1:1. For every key under INDIR (recursive), on the node holding it, run the
 bash command CMD with the key's data on stdin; its stdout becomes the key
 with the same relative name under OUTDIR, on the same node. $filename holds
 the input key's basename. INDIR may end in a glob on names (s4://b/in/*4).
-Commands run in fresh temp dirs under `set -euo pipefail`, up to the
-daemons' --max-cpu-jobs at once per node. If one fails, the map stops on
-every node and exits 1 naming the node, key, exit code and stderr; outputs
-already published stay: `s4ctl rm -r OUTDIR` and run it again.
+Commands run in fresh temp dirs, up to the daemons' --max-cpu-jobs at once
+per node. If one fails, the map stops on every node and exits 1 naming the
+node, key, exit code and stderr; outputs already published stay (keys are
+immutable, so a second run into the same OUTDIR fails naming an output that
+already existed): `s4ctl rm -r OUTDIR` and run it again.
+
+Commands run as `bash -euo pipefail -c CMD`: any failing command fails the
+whole, so a grep that matches nothing (exit 1) fails it, and so does a
+pipe whose reader stops early (`cat | head -1`: its writer dies of
+SIGPIPE, exit 141); add `|| true` where that is expected. An empty CMD is
+refused.
 
 Options:
   --timeout S      kill a command after S seconds (default: the daemon's --timeout)
 """ + CONF_OPTION,
     "map-to-n": """\
-Usage: s4ctl map-to-n [-c PATH] [--timeout S] INDIR OUTDIR CMD
+Usage: s4ctl map-to-n [-c PATH] [--timeout S] [--] INDIR OUTDIR CMD
 
 1:n, the shuffle. For every key under INDIR, run CMD with the key's data on
 stdin in a fresh temp dir; CMD writes files there and prints their names,
-one per line. Each file becomes OUTDIR/<input name>/<file name> on the node
-its file name places it on (a name starting with digits goes to node
-int(digits) % N), so files of the same name from every input meet on one
-node. A printed name that is not a file CMD wrote fails the map; an empty
+one per line. Each file becomes OUTDIR/<input path relative to
+INDIR>/<file name> (OUTDIR/<input name>/<file name> for an input directly
+under INDIR) on the node its file name places it on (a name starting with
+digits goes to node int(digits) % N), so files of the same name from every
+input meet on one node. A printed name that is not a file CMD wrote fails the map; an empty
 line is skipped. Failure handling is as for map.
+
+Commands run as `bash -euo pipefail -c CMD`: any failing command fails the
+whole, so a grep that matches nothing (exit 1) fails it, and so does a
+pipe whose reader stops early (`cat | head -1`: its writer dies of
+SIGPIPE, exit 141); add `|| true` where that is expected. An empty CMD is
+refused.
 
 Options:
   --timeout S      kill a command after S seconds (default: the daemon's --timeout)
 """ + CONF_OPTION,
     "map-from-n": """\
-Usage: s4ctl map-from-n [-c PATH] [--timeout S] INDIR OUTDIR CMD
+Usage: s4ctl map-from-n [-c PATH] [--timeout S] [--] INDIR OUTDIR CMD
 
 n:1, the merge. Keys under INDIR are grouped by the numeric prefix of their
 basename (else the whole basename); groups live on one node by placement.
 For each group, CMD gets the members' local file paths on stdin, one per
 line, and its stdout becomes OUTDIR/<group>. When every member has the same
 basename (000_bucket0), the output keeps it. Failure handling is as for map.
+
+Commands run as `bash -euo pipefail -c CMD`: any failing command fails the
+whole, so a grep that matches nothing (exit 1) fails it, and so does a
+pipe whose reader stops early (`cat | head -1`: its writer dies of
+SIGPIPE, exit 141); add `|| true` where that is expected. An empty CMD is
+refused.
 
 Options:
   --timeout S      kill a command after S seconds (default: the daemon's --timeout)
@@ -156,6 +201,31 @@ Options:
 
 class UsageError(Exception):
     pass
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: unwind like Ctrl-C (temp files go), then die of it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum, _frame) -> None:
+    raise Terminated(signum)
+
+
+def _stdout():
+    """sys.stdout, or a one-line error when the shell closed it (`>&-`)."""
+    if sys.stdout is None:
+        raise UsageError("cannot write to stdout: it is closed")
+    return sys.stdout
+
+
+def _stdin():
+    if sys.stdin is None:
+        raise UsageError("cannot read stdin: it is closed")
+    return sys.stdin
 
 
 def _split_global(argv: list[str]) -> tuple[list[str], str | None]:
@@ -186,23 +256,26 @@ def _client(args: dict, conf_path: str | None):
 
 # --- cp ----------------------------------------------------------------------------
 def quick_cp(words: list[str]) -> dict | None:
-    """`cp [-r] [-c PATH] SRC DST` parsed by hand into what docopt would return.
+    """`cp [-r] [-c PATH] [--] SRC DST` parsed by hand into what docopt would return.
 
     docopt imports `re`, ~6 ms of a ~25 ms small cp; a loop of them in bash
     feels it. Anything else (--help, a typo, a usage error) returns None and
-    goes to docopt, which answers as for every other command."""
-    args = {"cp": True, "--recursive": False, "--conf": None, "SRC": None, "DST": None}
+    goes to docopt, which answers as for every other command. As for docopt,
+    `--` ends the options only before the paths."""
+    args = {"cp": True, "--recursive": False, "--conf": None, "--": False, "SRC": None, "DST": None}
     paths = []
     words = iter(words)
     for word in words:
-        if word in ("-r", "--recursive") and not args["--recursive"]:
+        if args["--"] or word == "-" or not word.startswith("-"):
+            paths.append(word)
+        elif word == "--" and not paths:
+            args["--"] = True
+        elif word in ("-r", "--recursive") and not args["--recursive"]:
             args["--recursive"] = True
         elif word in ("-c", "--conf") and args["--conf"] is None:
             args["--conf"] = next(words, None)
             if args["--conf"] is None or args["--conf"].startswith("-"):
                 return None
-        elif word == "-" or not word.startswith("-"):
-            paths.append(word)
         else:
             return None
     if len(paths) != 2:
@@ -222,43 +295,130 @@ def cmd_cp(args: dict, conf_path) -> int:
     if not _is_s4(src) and not _is_s4(dst):
         raise UsageError("one of SRC and DST must be an s4:// url")
     from s4d import keys
-    client = _client(args, conf_path)
     if args["--recursive"]:
+        client = _client(args, conf_path)
         if _is_s4(src):
             return _get_tree(client, keys.strip_scheme(src), dst)
         return _put_tree(client, keys.strip_scheme(dst), src)
     if _is_s4(dst):
         key = keys.strip_scheme(dst)
-        if src == "-":
-            client.put(key, stream=sys.stdin.buffer)
-            return 0
-        if os.path.isdir(src):
+        fd = 0 if src == "-" else _fd_alias(src)  # /dev/stdin, <(cmd): that open file, as a stream
+        if fd is None and os.path.isdir(src):
             raise UsageError(f"{src} is a directory (use -r)")
         if key.endswith("/") or "/" not in key:
             key = key.rstrip("/") + "/" + os.path.basename(src)
-        client.put(key, path=src)
+        if fd is not None:
+            _client(args, conf_path).put(key, stream=_open_fd(fd, src, "rb"))
+        else:  # a FIFO or a /proc file is read as a stream too, by put itself
+            _client(args, conf_path).put(key, path=src)
         return 0
     key = keys.strip_scheme(src)
     if key.endswith("/"):
         raise UsageError(f"{src} is a directory (use -r)")
-    if dst == "-":  # stdout cannot take bytes back: the node verifies before it sends
-        client.get(key, sys.stdout.fileno(), verify_first=True)
+    fd = 1 if dst == "-" else _fd_alias(dst)  # /dev/stdout, /dev/fd/N: that open file, in place
+    if fd is not None:
+        out = _open_fd(fd, dst, "wb")
+        # it cannot take bytes back: the node verifies before it sends
+        _client(args, conf_path).get(key, out.fileno(), verify_first=True)
         return 0
     if dst.endswith("/") or os.path.isdir(dst):
         dst = os.path.join(dst, keys.basename(key))
     if os.path.isdir(dst):
         raise UsageError(f"cannot write {src} to {dst}: it is a directory")
-    _download(client, key, dst)
+    _download(_client(args, conf_path), key, dst)
     return 0
 
 
+def _fd_alias(path: str) -> int | None:
+    """N if path names this process's open fd N, itself or through symlinks:
+    /dev/stdout, /dev/stdin, /dev/fd/N (what bash's <(cmd) gives), /proc/self/fd/N.
+    Such a path is read or written through the fd itself, with its offset and
+    append mode, as the shell's redirection meant; never opened anew, replaced
+    or measured by its st_size."""
+    from s4d import limits
+    for _ in range(limits.SYMLINK_HOPS_MAX):
+        path = os.path.abspath(path)
+        for head in ("/dev/fd/", "/proc/self/fd/", f"/proc/{os.getpid()}/fd/"):
+            if path.startswith(head) and path[len(head):].isdigit():
+                return int(path[len(head):])
+        try:
+            target = os.readlink(path)
+        except OSError:  # not a symlink (or not there): an ordinary path
+            return None
+        path = os.path.join(os.path.dirname(path), target)
+    return None
+
+
+def _open_fd(fd: int, name: str, mode: str):
+    """A file object over the already open fd (not closed with it)."""
+    std = {0: _stdin, 1: _stdout}.get(fd)
+    if std is not None:  # a closed one is a one-line error here, not an AttributeError later
+        return std().buffer
+    try:
+        os.fstat(fd)
+    except OSError:
+        raise UsageError(f"cannot use {name}: file descriptor {fd} is not open") from None
+    return open(fd, mode, closefd=False)
+
+
+_temps: set[str] = set()  # download temp files in flight, removed on Ctrl-C and SIGTERM too
+_temps_lock = None  # made by the first download: a single cp imports no threading
+
+
+def _remove_temps() -> None:
+    """Remove every download temp file still in flight; later downloads make none.
+    Called from the main thread when a signal stops the copy (cp -r's threads
+    may still be writing: a temp a thread made is in _temps before its first byte)."""
+    global _temps
+    if _temps_lock is not None:
+        with _temps_lock:
+            left, _temps = _temps, None  # None: no new temp files from here on
+    else:
+        left = _temps
+    for path in left or ():
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
 def _download(client, key: str, dst: str) -> int:
-    """Get key into dst via a temp file beside it: a failed check leaves nothing."""
-    parent = os.path.dirname(dst) or "."
-    os.makedirs(parent, exist_ok=True)
-    # the name is cut so that a 255-byte basename (a legal key) still leaves room for the suffix
-    temp = os.path.join(parent, f".{os.path.basename(dst)[:200]}.s4tmp.{os.getpid()}.{id(key)}")
-    fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)  # RDWR: hashed by mmap
+    """Get key into the local path dst, as cp writes a destination: a symlink is
+    followed; a device, FIFO or socket there is written in place (never replaced;
+    the node verifies before it sends, as the bytes cannot be taken back); a
+    regular file or a new path is replaced whole via a temp file beside it,
+    renamed only once the bytes verified, so a failed check leaves nothing."""
+    try:
+        st = os.stat(dst)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        fd = os.open(dst, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            return client.get(key, fd, verify_first=True)
+        finally:
+            os.close(fd)
+    if os.path.islink(dst):  # a regular file's link, or a dangling one: the target is what we write
+        return _replace(client, key, os.path.realpath(dst))
+    os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
+    return _replace(client, key, dst)
+
+
+def _replace(client, key: str, dst: str) -> int:
+    global _temps_lock
+    from _thread import allocate_lock
+
+    from s4d import limits
+    if _temps_lock is None:
+        _temps_lock = allocate_lock()
+    # cut in bytes, not characters: a 255-byte basename (a legal key) still leaves room for the suffix
+    name = os.fsdecode(os.fsencode(os.path.basename(dst))[:limits.TEMP_NAME_KEEP_BYTES])
+    temp = os.path.join(os.path.dirname(dst), f".{name}.s4tmp.{os.getpid()}.{id(key)}")
+    with _temps_lock:
+        if _temps is None:
+            raise UsageError("interrupted")  # the copy is being stopped: start nothing new
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)  # RDWR: hashed by mmap
+        _temps.add(temp)
     try:
         try:
             size = client.get(key, fd)
@@ -272,6 +432,10 @@ def _download(client, key: str, dst: str) -> int:
         except FileNotFoundError:
             pass
         raise
+    finally:
+        with _temps_lock:
+            if _temps is not None:
+                _temps.discard(temp)
 
 
 def _parallel(client, jobs: list, fn) -> None:
@@ -313,6 +477,19 @@ def _parallel(client, jobs: list, fn) -> None:
         progress.summary(done, len(client.nodes))
 
 
+def _refuse(problems: list[str]) -> None:
+    """Refuse a whole tree in one line: the first problem, and how many more."""
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UsageError(f"nothing copied: {problems[0]}{more}")
+
+
+def _kind(mode: int) -> str:
+    return ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a character device" if stat.S_ISCHR(mode) else "a block device"
+            if stat.S_ISBLK(mode) else "a directory" if stat.S_ISDIR(mode) else "not a regular file")
+
+
 def _get_tree(client, prefix: str, dst: str) -> int:
     from s4d import keys
     # every key under the directory prefix/ (not s4://b/xy for s4://b/x, nor bucket bb for b)
@@ -333,6 +510,7 @@ def _get_tree(client, prefix: str, dst: str) -> int:
         rel = key[len(strip):] if key.startswith(strip) else keys.basename(key)
         jobs.append((key, os.path.join(dst, rel)))
     _refuse_clashes(jobs)
+    _refuse(_local_clashes(jobs))
     _parallel(client, jobs, lambda job: _download(client, *job))
     return 0
 
@@ -351,22 +529,113 @@ def _refuse_clashes(jobs: list[tuple[str, str]]) -> None:
             parent = os.path.dirname(parent)
 
 
+def _local_clashes(jobs: list[tuple[str, str]]) -> list[str]:
+    """What is already on the local side of a cp -r download that it cannot write
+    through: a file where a directory must go, a directory where a key's file
+    goes, a device, FIFO or socket (a FIFO nobody reads would hang the copy)."""
+    from s4d import keys
+    problems = []
+    seen: set[str] = set()
+    for key, path in jobs:
+        parent = os.path.dirname(path)
+        while parent and parent not in seen:
+            seen.add(parent)
+            if os.path.lexists(parent) and not os.path.isdir(parent):
+                problems.append(f"{parent} exists and is not a directory, so {keys.url(key)} "
+                                f"cannot be written to {path}")
+            parent = os.path.dirname(parent)
+        try:
+            mode = os.stat(path).st_mode
+        except (FileNotFoundError, NotADirectoryError):  # new (a dangling symlink is followed)
+            continue
+        if not stat.S_ISREG(mode):
+            problems.append(f"cannot write {keys.url(key)} to {path}: it is {_kind(mode)} "
+                            "(cp -r writes regular files; copy that key alone)")
+    return problems
+
+
 def _put_tree(client, prefix: str, src: str) -> int:
     if not os.path.isdir(src):
         raise UsageError(f"not a directory: {src}")
-    base = prefix.rstrip("/")
-    jobs = []
-    for root, dirs, files in os.walk(src):
+    jobs, problems = _local_tree(src, prefix.rstrip("/"))
+    _refuse(problems)
+    if not jobs:
+        raise UsageError(f"no files under {src}")
+    _refuse(_s4_clashes(client, prefix.rstrip("/"), [key for _, key in jobs]))
+    _parallel(client, jobs, lambda job: client.put(job[1], path=job[0]))
+    return 0
+
+
+def _local_tree(src: str, base: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """(path, key) of every file under src, symlinks followed, and every reason
+    the tree cannot be copied whole: a name that is not a legal key, a FIFO,
+    socket or device, a dangling symlink, a file or directory it cannot read, a
+    symlink loop."""
+    from s4d import keys
+    from s4d.errors import BadKey
+    jobs, problems = [], []
+    real: dict[str, str] = {}  # walked directory (relative to src) -> its real path
+
+    def unreadable(e: OSError) -> None:
+        problems.append(f"cannot read {e.filename}: {e.strerror}")
+
+    for root, dirs, files in os.walk(src, onerror=unreadable, followlinks=True):
+        rel_dir = os.path.relpath(root, src)
+        here = os.path.realpath(root)
+        parts = [] if rel_dir == "." else rel_dir.split(os.sep)
+        if any(real.get(os.sep.join(parts[:i]) or ".") == here for i in range(len(parts))):
+            problems.append(f"{root} is a symlink loop (it leads back to a directory above it)")
+            dirs[:] = []
+            continue
+        real[rel_dir] = here
         dirs.sort()
         for name in sorted(files):
             path = os.path.join(root, name)
-            rel = os.path.relpath(path, src)
-            jobs.append((path, f"{base}/{rel}"))
-    if not jobs:
-        raise UsageError(f"no files under {src}")
+            key = f"{base}/{os.path.relpath(path, src)}"
+            try:
+                mode = os.stat(path).st_mode
+            except FileNotFoundError:
+                problems.append(f"{path} is a dangling symlink")
+                continue
+            except OSError as e:
+                problems.append(f"cannot read {path}: {e.strerror}")
+                continue
+            if not stat.S_ISREG(mode):
+                problems.append(f"{path} is {_kind(mode)} (cp -r copies regular files; "
+                                "cp it alone to read it as a stream)")
+            elif not os.access(path, os.R_OK):
+                problems.append(f"cannot read {path}: permission denied")
+            try:
+                keys.check_key(key)
+            except BadKey as e:
+                problems.append(f"{path}: {e.message}")
+            jobs.append((path, key))
+    return jobs, problems
 
-    _parallel(client, jobs, lambda job: client.put(job[1], path=job[0]))
-    return 0
+
+def _s4_clashes(client, base: str, new: list[str]) -> list[str]:
+    """What already in s4 under base stops these keys from being stored: the key
+    itself (immutable), a key where one of its directories goes, a directory
+    where it goes. One listing of base, before anything is written."""
+    from s4d import keys
+    existing = {name for name, _, _ in client.ls(base + "/", recursive=True)}
+    if not existing:
+        return []
+    dirs = {name[:i] for name in existing for i in range(len(name)) if name[i] == "/"}
+    problems = []
+    for key in new:
+        if key in existing:
+            problems.append(f"{keys.url(key)} exists (keys are immutable: rm it first)")
+        elif key in dirs:
+            problems.append(f"{keys.url(key)}/ is a directory in s4, so {keys.url(key)} cannot be a key")
+        parent = key.rpartition("/")[0]
+        while len(parent) > len(base):
+            if parent in existing:
+                problems.append(f"{keys.url(parent)} is a key, so it cannot also be a directory of "
+                                f"{keys.url(key)}")
+                break
+            parent = parent.rpartition("/")[0]
+    return problems
 
 
 # --- ls, rm, eval ---------------------------------------------------------------------
@@ -381,33 +650,50 @@ def _stamp(mtime: int) -> str:
     return _stamps[mtime]
 
 
-def cmd_ls(args: dict, conf_path) -> int:
+def _prefix(url: str) -> str:
+    """The wire prefix of an ls or rm -r PREFIX, the same for both, so that
+    `ls -r PREFIX` previews exactly what `rm -r PREFIX` deletes: a bare bucket
+    means that bucket (`s4://logs` is `logs/`, never `logs-2024/`), as aws s3 does."""
     from s4d import keys
-    prefix = keys.strip_scheme(args["PREFIX"]) if args["PREFIX"] else ""
-    recursive = args["--recursive"] and bool(prefix)  # no PREFIX: the buckets, with -r too
+    prefix = keys.strip_scheme(url)
     if prefix and "/" not in prefix:
-        prefix += "/"  # `ls [-r] s4://bucket` lists that bucket (not bucket2), as aws s3 ls does
+        prefix += "/"
+    return prefix
+
+
+def cmd_ls(args: dict, conf_path) -> int:
+    stdout = _stdout()
+    prefix = _prefix(args["PREFIX"]) if args["PREFIX"] else ""
+    recursive = args["--recursive"] and bool(prefix)  # no PREFIX: the buckets, with -r too
     entries = _client(args, conf_path).ls(prefix, recursive)
     out = []
     for name, size, mtime in entries:
+        # aws s3 ls columns: the date, the size right-aligned in 10, PRE lined up with the sizes
         if size is None:
             out.append(f"{_stamp(mtime)} {name.rstrip('/')}" if not prefix else f"{'PRE':>30} {name}")
         else:
             if recursive:
                 name = name.split("/", 1)[1]  # relative to the bucket
-            out.append(f"{_stamp(mtime)} {size} {name}")
+            out.append(f"{_stamp(mtime)} {size:>10} {name}")
     if not out:
         return 1
-    sys.stdout.write("\n".join(out) + "\n")
+    stdout.write("\n".join(out) + "\n")
     return 0
 
 
 def cmd_rm(args: dict, conf_path) -> int:
     from s4d import keys
-    prefix = keys.strip_scheme(args["PREFIX"])
-    if args["--recursive"] and not prefix.strip("/"):
+    if not args["--recursive"]:
+        _client(args, conf_path).rm(keys.strip_scheme(args["PREFIX"]))
+        return 0
+    prefix = _prefix(args["PREFIX"])
+    if not prefix.strip("/"):
         raise UsageError("refusing to delete every bucket")
-    _client(args, conf_path).rm(prefix, args["--recursive"])
+    stdout = _stdout()  # checked first: the count is the result, and deleting cannot be undone
+    deleted = _client(args, conf_path).rm(prefix, True)
+    if deleted:  # a summary, not a line per key as aws prints: 100k keys are 100k lines
+        stdout.write(f"delete: {deleted} key{'s' if deleted != 1 else ''} starting with "
+                     f"{keys.url(prefix)}\n")
     return 0
 
 
@@ -423,10 +709,17 @@ def _timeout(args: dict) -> float | None:
     return value
 
 
+def _command(args: dict) -> str:
+    if not args["CMD"].strip():
+        raise UsageError("CMD is empty: give a bash command (for example 'cat')")
+    return args["CMD"]
+
+
 def cmd_eval(args: dict, conf_path) -> int:
     from s4d import keys
+    cmd, stdout = _command(args), _stdout()
     client = _client(args, conf_path)
-    client.eval(keys.strip_scheme(args["KEY"]), args["CMD"], sys.stdout.fileno(), _timeout(args))
+    client.eval(keys.strip_scheme(args["KEY"]), cmd, stdout.fileno(), _timeout(args))
     return 0
 
 
@@ -460,13 +753,26 @@ class _Progress:
 
 def _run_map(op: str, args: dict, conf_path) -> int:
     from s4d import keys
+    from s4d.errors import Exists
     indir, outdir = args["INDIR"], args["OUTDIR"]
     label = op.replace("_", "-")
+    cmd = _command(args)
     client = _client(args, conf_path)
     progress = _Progress(label)
+    if progress.tty:  # figures only once every node has counted its keys, never a 0/0
+        sys.stderr.write(f"{label}: waiting for nodes")
+        sys.stderr.flush()
     try:
         result = getattr(client, op)(keys.strip_scheme(indir), keys.strip_scheme(outdir),
-                                     args["CMD"], timeout=_timeout(args), on_progress=progress)
+                                     cmd, timeout=_timeout(args), on_progress=progress)
+    except Exists as e:
+        if not e.message.startswith("key exists"):
+            raise
+        # two runs into one OUTDIR: every output may be published, but not by this run
+        key = e.message.rpartition(": ")[2]
+        raise Exists(f"{label}: the output {key} already existed (keys are immutable), from an "
+                     f"earlier or concurrent run into {outdir}; to run again: s4ctl rm -r "
+                     f"{outdir}") from None
     finally:
         if progress.tty:
             sys.stderr.write("\r\033[K")
@@ -497,6 +803,7 @@ def _size(n: int) -> str:
 
 
 def cmd_health(args, conf_path) -> int:
+    _stdout()
     client = _client(args, conf_path)
     down = []
     for node, f, error in client.health():
@@ -517,6 +824,7 @@ def cmd_health(args, conf_path) -> int:
 
 
 def cmd_config(args, conf_path) -> int:
+    _stdout()
     from s4d import conf
     try:
         nodes, _ = conf.load(args.get("--conf") or conf_path)
@@ -531,6 +839,9 @@ def cmd_config(args, conf_path) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = bool(os.environ.get("S4_DEBUG"))
+    for signum in (_signal.SIGTERM, _signal.SIGHUP):  # _signal: `signal` imports enum, ~12 ms
+        if _signal.getsignal(signum) == _signal.SIG_DFL:  # not under nohup
+            _signal.signal(signum, _terminate)
     try:
         argv, conf_path = _split_global(argv)
         if not argv or argv[0] in ("-h", "--help", "help"):
@@ -552,7 +863,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"s4ctl: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        _remove_temps()
         return 130
+    except Terminated as e:  # cleaned up like Ctrl-C, then die of the signal, as the sender expects
+        _remove_temps()
+        _signal.signal(e.signum, _signal.SIG_DFL)
+        os.kill(os.getpid(), e.signum)
+        return 128 + e.signum
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
@@ -563,7 +880,8 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, S4Error):
             print(f"s4ctl: {e.message}", file=sys.stderr)
         elif isinstance(e, OSError):
-            print(f"s4ctl: {e.strerror or e}{': ' + e.filename if e.filename else ''}", file=sys.stderr)
+            where = f": {e.filename}" if e.filename is not None else ""
+            print(f"s4ctl: {e.strerror or e}{where}", file=sys.stderr)
         else:
             print(f"s4ctl: unexpected error: {e!r} (S4_DEBUG=1 for a traceback)", file=sys.stderr)
         return 1

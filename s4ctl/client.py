@@ -262,15 +262,23 @@ class Client:
 
     # --- data ------------------------------------------------------------------------
     def put(self, key: str, path: str | None = None, stream=None) -> int:
-        """Store a local file (path) or a binary stream of unknown length as key."""
+        """Store a local file (path) or a binary stream of unknown length as key.
+
+        A path that is not a regular file (a FIFO, a device, /dev/stdin) is read as
+        a stream, and so is a regular file that says it is empty: a /proc file
+        reports st_size 0 whatever it holds, and a truly empty file streams as
+        the empty key it is. Only a regular file with a size goes by sendfile."""
         keys.check_key(key)
-        if path is not None:
-            with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                return self._call(self.node_for(key), {"op": "put", "key": key},
-                                  lambda conn, _: self._put_file(conn, f, size))
-        return self._call(self.node_for(key), {"op": "put", "key": key},
-                          lambda conn, _: self._put_stream(conn, stream))
+        if path is None:
+            return self._call(self.node_for(key), {"op": "put", "key": key},
+                              lambda conn, _: self._put_stream(conn, stream))
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if stat.S_ISREG(st.st_mode) and st.st_size:
+                body = lambda conn, _: self._put_file(conn, f, st.st_size)  # noqa: E731
+            else:
+                body = lambda conn, _: self._put_stream(conn, f)  # noqa: E731
+            return self._call(self.node_for(key), {"op": "put", "key": key}, body)
 
     def _put_file(self, conn: Conn, f, size: int) -> int:
         # hashed by preads in a thread beside sendfile: never mmap a file someone else can truncate
@@ -442,32 +450,42 @@ class Client:
     def _map(self, op: str, indir: str, outdir: str, cmd: str, timeout: float | None = None,
              on_progress=None) -> dict:
         """Run op on every node at once. on_progress(done, total, bytes) is called as
-        figures arrive. The first failure closes the other nodes' connections, which
-        cancels their work, and is raised."""
-        request = {"op": op, "indir": indir, "outdir": outdir, "cmd": cmd, "timeout": timeout}
+        figures arrive, once every node has counted its keys (a node has when its
+        total is not 0, or when it is done), so the total never grows. The first
+        failure closes the other nodes' connections, which cancels their work, and
+        is raised.
+
+        Each request carries this client's node list and the node's place in it:
+        a node whose conf orders the nodes otherwise refuses the map, rather than
+        mapping keys that placement sends elsewhere."""
+        names = [node_name(node) for node in self.nodes]
+        request = {"op": op, "indir": indir, "outdir": outdir, "cmd": cmd, "timeout": timeout,
+                   "nodes": names}
         figures = {node: {"done": 0, "total": 0, "bytes": 0} for node in self.nodes}
+        counted: set[Node] = set()
         conns: dict[Node, Conn] = {}
         import threading
         failed = threading.Event()
         lock = threading.Lock()
 
-        def report() -> None:
-            if on_progress:
-                with lock:
+        def report(node: Node, figs: dict, final: bool) -> None:
+            with lock:
+                figures[node] = figs
+                if final or figs["total"]:
+                    counted.add(node)
+                if on_progress and len(counted) == len(self.nodes):
                     on_progress(*(sum(f[k] for f in figures.values()) for k in ("done", "total", "bytes")))
 
         def run(node: Node) -> dict:
             conn = conns[node]
             try:
-                conn.send_frame(request)
+                conn.send_frame({**request, "node_index": self.nodes.index(node)})
                 while True:
                     msg = conn.recv_reply()
                     if "progress" in msg:
-                        figures[node] = msg["progress"]
-                        report()
+                        report(node, msg["progress"], False)
                     elif msg.get("ok"):
-                        figures[node] = {k: msg[k] for k in ("done", "total", "bytes")}
-                        report()
+                        report(node, {k: msg[k] for k in ("done", "total", "bytes")}, True)
                         return msg
             except S4Error:
                 if failed.is_set():  # cancelled because another node failed first

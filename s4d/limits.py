@@ -51,6 +51,10 @@ CLIENT_IDLE_TIMEOUT_S = float(os.environ.get("S4_IDLE_TIMEOUT_S", 60.0))
 CLIENT_BACKOFF_FIRST_S = 0.05
 CLIENT_BACKOFF_MAX_S = 1.0
 CLIENT_PARALLEL_TRANSFERS = 8  # cp -r: transfers in flight at once
+# A download's temp file is `.<name>.s4tmp.<pid>.<n>` beside its destination:
+# the name is cut to this many bytes so a 255-byte basename still fits.
+TEMP_NAME_KEEP_BYTES = 200
+SYMLINK_HOPS_MAX = 40  # links followed to resolve a local path (the kernel's MAXSYMLINKS)
 
 # --- rm -r -------------------------------------------------------------------
 # Each unlink of a file whose blocks are on disk can wait for a discard (a

@@ -49,7 +49,9 @@ OPS: dict[str, dict[str, type | tuple]] = {
     "map_from_n": _MAP_FIELDS,
     "health": {},
 }
-OPTIONAL_FIELDS: dict[str, type | tuple] = {"timeout": _NUMBER, "glob": str, "verify": bool}
+OPTIONAL_FIELDS: dict[str, type | tuple] = {"timeout": _NUMBER, "glob": str, "verify": bool,
+                                            # maps: the client's conf, to check its node order
+                                            "nodes": list, "node_index": int}
 PUT_TRAILER = {"xxh3": str, "size": int}
 
 

@@ -215,7 +215,29 @@ class Server:
             os.close(fd)
         return size
 
+    def _refuse_misplaced(self, key: str) -> None:
+        """Before a read: a key that is not here and that placement puts on another
+        node was sent here by a client whose conf orders the nodes otherwise (a
+        key is only ever published on its own node). Say so, not "no such key"."""
+        owner = placement.node_index(key, len(self.nodes))
+        if owner != self.self_index and not os.path.lexists(self.storage.path(key)):
+            raise BadRequest(f"{keys.url(key)} belongs on {'%s:%d' % self.nodes[owner]}, not on "
+                             f"{self.name}: the client's conf must list the nodes in the same order")
+
+    def _refuse_other_order(self, msg: dict) -> None:
+        """Before a map: the client's node list (optional, sent by s4ctl) must put
+        this node where this node's conf does, and have as many nodes. Names are
+        not compared: a client may spell a host otherwise (a name, an address)."""
+        nodes, index = msg.get("nodes"), msg.get("node_index")
+        if nodes is None or index is None:
+            return
+        if len(nodes) != len(self.nodes) or index != self.self_index:
+            raise BadRequest(f"{self.name} is node {self.self_index + 1} of {len(self.nodes)} in its "
+                             f"conf but node {index + 1} of {len(nodes)} in the client's: the "
+                             "client's conf must list the nodes in the same order")
+
     async def handle_get(self, sock, msg: dict) -> dict:
+        self._refuse_misplaced(msg["key"])
         key = msg["key"]
         path, _, digest = self.storage.stat(key)  # the checksum stored at write time
         if msg.get("verify"):  # the reader cannot take bytes back (stdout): no corrupt byte leaves
@@ -224,6 +246,7 @@ class Server:
             return {"bytes": await self._send_file(sock, path, digest, keys.url(key))}
 
     async def handle_eval(self, sock, msg: dict) -> dict:
+        self._refuse_misplaced(msg["key"])
         async with self.controller.eval(msg["key"], msg["cmd"], msg.get("timeout")) as out:
             digest = await hash_file_async(out, os.stat(out).st_size)
             async with self.io_slot():
@@ -288,6 +311,7 @@ class Server:
         return deleted
 
     async def _map(self, op: str, sock, msg: dict) -> dict:
+        self._refuse_other_order(msg)
         for field in ("indir", "outdir"):
             keys.check_prefix(msg[field].rstrip("/") + "/")
         progress = Progress()

@@ -25,7 +25,7 @@ def tree(root) -> dict[str, bytes]:
 def keys_of(c: Cluster, bucket: str) -> list[str]:
     """Names of every key of a bucket, relative to it, via `ls -r`."""
     out = c.s4ctl("ls", "-r", f"s4://{bucket}", check=False).stdout
-    return [line.split(" ", 3)[3] for line in out.splitlines()]
+    return [line.split(None, 3)[3] for line in out.splitlines()]
 
 
 def put_bytes(c: Cluster, url: str, data: bytes) -> None:
@@ -54,7 +54,7 @@ def test_binary_data_round_trips_byte_for_byte_by_file_and_by_pipe(shared, b, tm
         assert out.read_bytes() == data
         assert get_bytes(shared, url) == data
     listing = shared.s4ctl("ls", "-r", f"s4://{b}").stdout.splitlines()
-    assert [line.split(" ")[2:] for line in listing] == [
+    assert [line.split()[2:] for line in listing] == [
         [str(size), "by-file/data.bin"], [str(size), "by-pipe/data.bin"]]
 
 
@@ -260,10 +260,12 @@ def test_cp_of_a_missing_local_file_fails_and_stores_nothing(shared, b, tmp_path
 CP_FORMS = [
     ["a", "s4://b/k"], ["-r", "d", "s4://b/p"], ["d", "s4://b/p", "-r"], ["--recursive", "s4://b/p", "."],
     ["-", "s4://b/k"], ["s4://b/k", "-"], ["-c", "x.conf", "a", "s4://b/k"], ["a", "--conf", "x.conf", "s4://b/k"],
-    ["a", "s4://b/k", "-c", "x.conf", "-r"],
+    ["a", "s4://b/k", "-c", "x.conf", "-r"], ["--", "a", "b"], ["-r", "--", "-1", "s4://b/p"],
+    ["--", "-", "-1"], ["-c", "x.conf", "--", "--", "-r"],
     # not taken by hand: docopt answers
     ["a"], ["a", "b", "c"], ["-r", "-r", "a", "b"], ["--help", "a", "b"], ["-h"], ["--conf=x", "a", "b"],
-    ["-rc", "x", "a", "b"], ["-x", "a", "b"], ["a", "b", "-c"], ["--", "a", "b"], ["-c", "-r", "a", "b"],
+    ["-rc", "x", "a", "b"], ["-x", "a", "b"], ["a", "b", "-c"], ["-c", "-r", "a", "b"],
+    ["a", "--", "b"], ["--", "a", "b", "-r"], ["--", "--", "a", "b"],
 ]
 
 

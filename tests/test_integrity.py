@@ -257,7 +257,7 @@ def test_checksums_are_not_keys_and_a_key_named_like_one_works(shared, b):
     for name in names:
         shared.s4ctl("cp", "-", f"s4://{b}/{name}", input=name.encode())
     listed = shared.s4ctl("ls", "-r", f"s4://{b}").stdout.splitlines()
-    assert [line.split(" ", 3)[3] for line in listed] == sorted(names)
+    assert [line.split(None, 3)[3] for line in listed] == sorted(names)
     for name in names:
         assert get(shared, f"s4://{b}/{name}") == name.encode()
     # on disk: exactly one file per key, nothing beside them

@@ -14,7 +14,7 @@ import pytest
 from s4d import __version__
 from tests.cluster import S4CTL, Cluster, assert_one_line_error
 
-LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (\d+) (\S+)$")
+LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) +(\d+) (\S+)$")
 PRE = re.compile(r"^ +PRE (\S+/)$")
 BUCKET = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (\S+)$")
 COMMANDS = ["cp", "ls", "rm", "eval", "map", "map-to-n", "map-from-n", "health", "config"]
