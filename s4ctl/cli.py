@@ -414,11 +414,17 @@ def _replace(client, key: str, dst: str) -> int:
     # cut in bytes, not characters: a 255-byte basename (a legal key) still leaves room for the suffix
     name = os.fsdecode(os.fsencode(os.path.basename(dst))[:limits.TEMP_NAME_KEEP_BYTES])
     temp = os.path.join(os.path.dirname(dst), f".{name}.s4tmp.{os.getpid()}.{id(key)}")
-    with _temps_lock:
+    with _temps_lock:  # registered before it exists: a signal may stop us at any bytecode
         if _temps is None:
             raise UsageError("interrupted")  # the copy is being stopped: start nothing new
-        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)  # RDWR: hashed by mmap
         _temps.add(temp)
+    try:
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)  # RDWR: hashed by mmap
+    except OSError:  # not made (or not ours to remove)
+        with _temps_lock:
+            if _temps is not None:
+                _temps.discard(temp)
+        raise
     try:
         try:
             size = client.get(key, fd)

@@ -4,10 +4,16 @@ One cluster serves the whole module; every test works in its own bucket and
 its own local directory, so tests cannot see each other's keys.
 """
 import os
+import signal
+import socket
+import stat
+import subprocess
+import threading
+import time
 
 import pytest
 
-from tests.cluster import Cluster, assert_one_line_error
+from tests.cluster import S4CTL, Cluster, assert_one_line_error, recv_frame
 
 MiB = 1024 * 1024
 
@@ -282,3 +288,257 @@ def test_cp_arguments_parsed_by_hand_mean_what_docopt_says(words):
     if quick is not None:  # a form it takes must mean the same; the rest falls to docopt
         assert quick == full
     assert (quick is None) == (words in CP_FORMS[CP_FORMS.index(["a"]):])
+
+
+# --- special files, as cp treats them ---------------------------------------------------
+
+def test_a_download_into_a_fifo_writes_it_in_place_for_its_reader(shared, b, tmp_path):
+    data = os.urandom(3 * MiB)  # more than a pipe holds: the reader must be reading the FIFO itself
+    put_bytes(shared, f"s4://{b}/k", data)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with open(tmp_path / "read", "wb") as out:
+        reader = subprocess.Popen(["cat", str(fifo)], stdout=out)
+        try:
+            shared.s4ctl("cp", f"s4://{b}/k", str(fifo), timeout=60)
+            assert reader.wait(timeout=30) == 0
+        finally:
+            reader.kill()
+    assert (tmp_path / "read").read_bytes() == data
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert sorted(os.listdir(tmp_path)) == ["fifo", "read"]  # no temp file beside it
+
+
+def test_a_download_into_a_device_node_writes_it_in_place_and_never_replaces_it(shared, b, tmp_path):
+    put_bytes(shared, f"s4://{b}/k", b"into the void")
+    null = tmp_path / "null"  # the device /dev/null is, made here: no test touches the real /dev
+    os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    shared.s4ctl("cp", f"s4://{b}/k", str(null))
+    assert stat.S_ISCHR(os.lstat(null).st_mode) and os.lstat(null).st_rdev == os.makedev(1, 3)
+    assert os.listdir(tmp_path) == ["null"]
+
+
+def test_a_download_onto_a_socket_fails_in_one_line_and_leaves_the_socket(shared, b, tmp_path):
+    put_bytes(shared, f"s4://{b}/k", b"k")
+    path = tmp_path / "sock"
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
+        assert_one_line_error(shared.s4ctl("cp", f"s4://{b}/k", str(path), check=False), str(path))
+        assert stat.S_ISSOCK(os.lstat(path).st_mode)
+    assert os.listdir(tmp_path) == ["sock"]
+
+
+def test_a_download_through_a_symlink_writes_its_target_and_keeps_the_link(shared, b, tmp_path):
+    put_bytes(shared, f"s4://{b}/k", b"new")
+    (tmp_path / "target.txt").write_bytes(b"old and longer")
+    os.symlink("target.txt", tmp_path / "link")
+    os.symlink("made-by-cp.txt", tmp_path / "dangling")
+    shared.s4ctl("cp", f"s4://{b}/k", "link", cwd=tmp_path)
+    shared.s4ctl("cp", f"s4://{b}/k", "dangling", cwd=tmp_path)
+    assert os.readlink(tmp_path / "link") == "target.txt"
+    assert os.readlink(tmp_path / "dangling") == "made-by-cp.txt"
+    assert tree(tmp_path) == {"target.txt": b"new", "link": b"new", "made-by-cp.txt": b"new",
+                              "dangling": b"new"}
+
+
+def test_a_download_to_an_open_file_descriptor_writes_through_it_as_a_redirection_does(shared, b, tmp_path):
+    put_bytes(shared, f"s4://{b}/k", b"key bytes\n")
+    os.symlink("/proc/self/fd/1", tmp_path / "stdout")  # what /dev/stdout is, made here
+    assert shared.s4ctl("cp", f"s4://{b}/k", str(tmp_path / "stdout")).stdout == "key bytes\n"
+    assert shared.s4ctl("cp", f"s4://{b}/k", "/proc/self/fd/1").stdout == "key bytes\n"
+    # through the shell's own fd: its offset and append mode, not a fresh open or a rename
+    shared.sh(f"{{ echo head; s4ctl cp s4://{b}/k {tmp_path}/stdout; }} > {tmp_path}/out; "
+              f"s4ctl cp s4://{b}/k /proc/self/fd/1 >> {tmp_path}/out")
+    assert (tmp_path / "out").read_bytes() == b"head\nkey bytes\nkey bytes\n"
+    assert os.readlink(tmp_path / "stdout") == "/proc/self/fd/1"
+
+
+def test_dev_stdout_and_dev_fd_name_the_open_file_descriptors():
+    from s4ctl.cli import _fd_alias
+    assert [_fd_alias(p) for p in ("/dev/stdout", "/dev/stdin", "/dev/fd/7", "/proc/self/fd/1")] == [1, 0, 7, 1]
+    assert _fd_alias("/tmp") is None and _fd_alias("no/such/file") is None
+
+
+def test_a_source_that_is_not_a_regular_file_is_read_as_a_stream(shared, b, tmp_path):
+    os.mkfifo(tmp_path / "fifo")
+    shared.sh(f"echo abc | s4ctl cp /dev/stdin s4://{b}/stdin; s4ctl cp <(seq 10) s4://{b}/procsub; "
+              f"seq 100000 > {tmp_path}/fifo & s4ctl cp {tmp_path}/fifo s4://{b}/fifo; wait; "
+              f"s4ctl cp /proc/version s4://{b}/version; s4ctl cp /proc/cpuinfo s4://{b}/cpuinfo")
+    assert get_bytes(shared, f"s4://{b}/stdin") == b"abc\n"
+    assert get_bytes(shared, f"s4://{b}/procsub") == "".join(f"{i}\n" for i in range(1, 11)).encode()
+    assert get_bytes(shared, f"s4://{b}/fifo") == "".join(f"{i}\n" for i in range(1, 100001)).encode()
+    with open("/proc/version", "rb") as f:  # st_size 0, yet it holds a line
+        assert get_bytes(shared, f"s4://{b}/version") == f.read() != b""
+    assert get_bytes(shared, f"s4://{b}/cpuinfo").startswith(b"processor")
+
+
+def test_an_empty_regular_file_is_still_stored_as_an_empty_key(shared, b, tmp_path):
+    (tmp_path / "empty").write_bytes(b"")
+    shared.s4ctl("cp", str(tmp_path / "empty"), f"s4://{b}/empty")
+    assert get_bytes(shared, f"s4://{b}/empty") == b""
+
+
+# --- cp -r checks the whole tree before it writes anything -----------------------------
+
+def refused_whole(c: Cluster, b: str, src, *needles: str) -> None:
+    proc = c.s4ctl("cp", "-r", str(src), f"s4://{b}/up", check=False, timeout=60)
+    assert_one_line_error(proc, "nothing copied", *needles)
+    assert not [k for k in keys_of(c, b) if k.startswith("up/")]
+
+
+def test_cp_r_of_a_tree_with_a_fifo_socket_or_device_refuses_it_whole_without_hanging(shared, b, tmp_path):
+    write_tree(tmp_path / "src", {"a": b"a", "z/z": b"z"})
+    os.mkfifo(tmp_path / "src" / "m-fifo")
+    refused_whole(shared, b, tmp_path / "src", "m-fifo", "FIFO")
+    os.unlink(tmp_path / "src" / "m-fifo")
+    os.mknod(tmp_path / "src" / "m-dev", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    refused_whole(shared, b, tmp_path / "src", "m-dev", "device")
+    os.unlink(tmp_path / "src" / "m-dev")
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(tmp_path / "src" / "m-sock"))
+        refused_whole(shared, b, tmp_path / "src", "m-sock", "socket")
+
+
+def test_cp_r_of_a_tree_with_a_name_that_is_not_a_key_refuses_it_whole(shared, b, tmp_path):
+    write_tree(tmp_path / "src", {"a": b"a", "with space": b"s", "z/z": b"z"})
+    refused_whole(shared, b, tmp_path / "src", "with space", "spaces")
+
+
+def test_cp_r_of_a_tree_with_a_dangling_symlink_or_a_symlink_loop_refuses_it_whole(shared, b, tmp_path):
+    write_tree(tmp_path / "src", {"a": b"a", "z/z": b"z"})
+    os.symlink("nowhere", tmp_path / "src" / "m")
+    refused_whole(shared, b, tmp_path / "src", "m", "dangling")
+    os.unlink(tmp_path / "src" / "m")
+    os.symlink("..", tmp_path / "src" / "z" / "up")
+    refused_whole(shared, b, tmp_path / "src", "loop")
+
+
+def test_cp_r_follows_symlinks_to_files_and_directories(shared, b, tmp_path):
+    write_tree(tmp_path / "elsewhere", {"f": b"f", "d/g": b"g"})
+    (tmp_path / "src").mkdir()
+    os.symlink(tmp_path / "elsewhere" / "d", tmp_path / "src" / "linked-dir")
+    os.symlink(tmp_path / "elsewhere" / "f", tmp_path / "src" / "linked-file")
+    shared.s4ctl("cp", "-r", str(tmp_path / "src"), f"s4://{b}/up")
+    assert keys_of(shared, b) == ["up/linked-dir/g", "up/linked-file"]
+
+
+def test_cp_r_onto_keys_that_exist_or_clash_in_s4_refuses_the_tree_whole(shared, b, tmp_path):
+    write_tree(tmp_path / "src", {"a": b"a", "new": b"n", "sub/x": b"x"})
+    put_bytes(shared, f"s4://{b}/up/a", b"already")
+    refused_whole_keeping = ["up/a"]
+    proc = shared.s4ctl("cp", "-r", str(tmp_path / "src"), f"s4://{b}/up", check=False)
+    assert_one_line_error(proc, "nothing copied", f"s4://{b}/up/a exists")
+    assert keys_of(shared, b) == refused_whole_keeping
+    shared.s4ctl("rm", f"s4://{b}/up/a")
+    put_bytes(shared, f"s4://{b}/up/sub", b"a key where the tree has a directory")
+    proc = shared.s4ctl("cp", "-r", str(tmp_path / "src"), f"s4://{b}/up", check=False)
+    assert_one_line_error(proc, "nothing copied", f"s4://{b}/up/sub is a key")
+    assert keys_of(shared, b) == ["up/sub"]
+
+
+def test_cp_r_download_onto_local_paths_it_cannot_write_refuses_before_writing(shared, b, tmp_path):
+    write_tree(tmp_path / "src", {"a": b"a", "d/x": b"x", "f/y": b"y"})
+    shared.s4ctl("cp", "-r", str(tmp_path / "src"), f"s4://{b}/t")
+    out = tmp_path / "out"
+    write_tree(out, {"d": b"a local file where the keys need a directory"})
+    proc = shared.s4ctl("cp", "-r", f"s4://{b}/t", str(out), check=False)
+    assert_one_line_error(proc, "nothing copied", "not a directory")
+    assert tree(out) == {"d": b"a local file where the keys need a directory"}
+    os.unlink(out / "d")
+    (out / "a").mkdir()
+    os.mkfifo(out / "f")  # not a FIFO nobody reads: that would hang the copy
+    os.mkfifo(tmp_path / "fifo")
+    os.rename(tmp_path / "fifo", out / "a" / "fifo")
+    proc = shared.s4ctl("cp", "-r", f"s4://{b}/t", str(out), check=False, timeout=60)
+    assert_one_line_error(proc, "nothing copied", "directory", "(and 1 more)")
+    assert sorted(os.listdir(out)) == ["a", "f"]
+
+
+# --- long names, -- -----------------------------------------------------------------------
+
+def test_a_key_with_a_255_byte_non_ascii_name_downloads_to_a_file_and_by_cp_r(shared, b, tmp_path):
+    name = "é" * 127 + "x"
+    assert len(name.encode()) == 255
+    put_bytes(shared, f"s4://{b}/long/{name}", b"long")
+    shared.s4ctl("cp", f"s4://{b}/long/{name}", ".", cwd=tmp_path)
+    shared.s4ctl("cp", "-r", f"s4://{b}/long", "tree", cwd=tmp_path)
+    assert tree(tmp_path) == {name: b"long", f"tree/{name}": b"long"}
+
+
+def test_double_dash_ends_the_options_so_a_file_may_be_named_like_one(shared, b, tmp_path):
+    (tmp_path / "-1").write_bytes(b"minus one")
+    write_tree(tmp_path / "-d", {"f": b"f"})
+    shared.s4ctl("cp", "--", "-1", f"s4://{b}/k", cwd=tmp_path)
+    shared.s4ctl("cp", "-r", "--", "-d", f"s4://{b}/tree", cwd=tmp_path)
+    shared.s4ctl("cp", "--", f"s4://{b}/k", "-2", cwd=tmp_path)
+    assert keys_of(shared, b) == ["k", "tree/f"]
+    assert (tmp_path / "-2").read_bytes() == b"minus one"
+
+
+# --- signals ----------------------------------------------------------------------------
+
+class StallingNode:
+    """A fake one-node cluster on loopback: it lists the keys it is given and
+    answers a get with its header and a few bytes, then nothing, so a download
+    sits mid-transfer with its temp file made (a real daemon is too fast)."""
+
+    def __init__(self, root, names: list[str]):
+        self.names = names
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.conf = root / "stalling.conf"
+        self.conf.write_text(f"127.0.0.1:{self.listener.getsockname()[1]}\n")
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        from s4d import protocol
+        try:
+            while (msg := recv_frame(conn)) is not None:
+                if msg["op"] == "ls":
+                    conn.sendall(protocol.encode({"entries": [[n, 4 * MiB, 0] for n in self.names]})
+                                 + protocol.encode({"ok": True}))
+                elif msg["op"] == "get":
+                    conn.sendall(protocol.encode({"ok": True, "size": 4 * MiB, "xxh3": "0" * 16}) + b"x" * 1000)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.listener.close()
+        for conn in self.conns:
+            conn.close()
+
+
+def temps_under(root) -> list[str]:
+    return [name for _, _, files in os.walk(root) for name in files if ".s4tmp." in name]
+
+
+@pytest.mark.parametrize("sig, recursive", [(signal.SIGTERM, False), (signal.SIGTERM, True),
+                                            (signal.SIGINT, True)], ids=["SIGTERM", "SIGTERM-r", "SIGINT-r"])
+def test_a_signal_during_a_download_removes_its_temp_files(tmp_path, sig, recursive):
+    names = ["b/x/1", "b/x/2", "b/x/3"] if recursive else ["b/x/1"]
+    node = StallingNode(tmp_path, names)
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ["-r", "s4://b/x", str(out)] if recursive else ["s4://b/x/1", str(out / "1")]
+    proc = subprocess.Popen([S4CTL, "cp", *args, "-c", str(node.conf)], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while len(temps_under(out)) < len(names):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        code = proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        node.close()
+    assert code == (130 if sig == signal.SIGINT else -sig)
+    assert temps_under(out) == [] and os.listdir(out) == []
