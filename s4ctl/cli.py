@@ -222,6 +222,13 @@ def _stdout():
     return sys.stdout
 
 
+def _say(line: str) -> None:
+    """A line on stderr; nowhere if the shell closed it (print(file=None) would
+    write it to stdout, into the data)."""
+    if sys.stderr is not None:
+        sys.stderr.write(line + "\n")
+
+
 def _stdin():
     if sys.stdin is None:
         raise UsageError("cannot read stdin: it is closed")
@@ -736,7 +743,7 @@ class _Progress:
     def __init__(self, label: str):
         import time
         self.label = label
-        self.tty = sys.stderr.isatty()
+        self.tty = sys.stderr is not None and sys.stderr.isatty()
         self.started = time.monotonic()
         self.last = 0.0
 
@@ -753,8 +760,8 @@ class _Progress:
         import time
         secs = time.monotonic() - self.started
         mb = result["bytes"] / 1e6
-        sys.stderr.write(("\r" if self.tty else "") + f"{self.label}: {result['done']} keys, "
-                         f"{mb:.1f} MB in {secs:.2f}s ({mb / max(secs, 1e-9):.1f} MB/s) on {nodes} nodes\n")
+        _say(("\r" if self.tty else "") + f"{self.label}: {result['done']} keys, "
+             f"{mb:.1f} MB in {secs:.2f}s ({mb / max(secs, 1e-9):.1f} MB/s) on {nodes} nodes")
 
 
 def _run_map(op: str, args: dict, conf_path) -> int:
@@ -824,7 +831,7 @@ def cmd_health(args, conf_path) -> int:
               f"cpu={f['cpu_jobs']}/{f['max_cpu_jobs']} load={f['load']:.2f} "
               f"rss={_size(f['rss'])} rtt={f['rtt_ms']:.1f}ms")
     if down:
-        print(f"s4ctl: {len(down)} of {len(client.nodes)} nodes down: {', '.join(down)}", file=sys.stderr)
+        _say(f"s4ctl: {len(down)} of {len(client.nodes)} nodes down: {', '.join(down)}")
         return 1
     return 0
 
@@ -851,11 +858,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         argv, conf_path = _split_global(argv)
         if not argv or argv[0] in ("-h", "--help", "help"):
-            sys.stdout.write(USAGE)
+            _stdout().write(USAGE)
             return 0 if argv else 1
         if argv[0] == "--version":
             from s4d import __version__
-            print(f"s4ctl {__version__}")
+            _stdout().write(f"s4ctl {__version__}\n")
             return 0
         command = argv[0]
         if command not in DOCS:
@@ -866,7 +873,7 @@ def main(argv: list[str] | None = None) -> int:
             args = docopt(DOCS[command], argv=argv)
         return globals()["cmd_" + command.replace("-", "_")](args, conf_path)
     except UsageError as e:
-        print(f"s4ctl: {e}", file=sys.stderr)
+        _say(f"s4ctl: {e}")
         return 1
     except KeyboardInterrupt:
         _remove_temps()
@@ -884,12 +891,12 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         if isinstance(e, S4Error):
-            print(f"s4ctl: {e.message}", file=sys.stderr)
+            _say(f"s4ctl: {e.message}")
         elif isinstance(e, OSError):
             where = f": {e.filename}" if e.filename is not None else ""
-            print(f"s4ctl: {e.strerror or e}{where}", file=sys.stderr)
+            _say(f"s4ctl: {e.strerror or e}{where}")
         else:
-            print(f"s4ctl: unexpected error: {e!r} (S4_DEBUG=1 for a traceback)", file=sys.stderr)
+            _say(f"s4ctl: unexpected error: {e!r} (S4_DEBUG=1 for a traceback)")
         return 1
 
 

@@ -56,6 +56,11 @@ def test_a_closed_stdout_or_stdin_is_a_one_line_error_not_an_unexpected_one(shar
         assert_one_line_error(proc, "closed")
         assert "unexpected" not in proc.stderr
     assert listed(shared, f"s4://{b}") == ["k"]  # rm refused before deleting: it could not report
+    # a closed stderr: errors go nowhere, never into the data on stdout
+    proc = shared.sh(f"s4ctl cp s4://{b}/absent - 2>&-", check=False)
+    assert (proc.returncode, proc.stdout) == (1, "")
+    proc = shared.sh(f"s4ctl map s4://{b}/ s4://{b}-out/ cat 2>&- && s4ctl cp s4://{b}-out/k -", check=False)
+    assert (proc.returncode, proc.stdout) == (0, "k")
 
 
 # --- commands: empty ones, and what --help says -------------------------------------------
