@@ -64,10 +64,11 @@ FIFO, /dev/stdin, <(cmd), a /proc file) is read as a stream, like a dash. A
 local DST that is a symlink is followed; a device, FIFO or socket there is
 written in place (the node checks the key first), never replaced;
 /dev/stdout and /dev/fd/N write to that open file; a regular file is
-replaced whole, atomically, once the bytes verified. cp -r checks the whole
-tree before it writes anything (key names, names that would be both a key
-and a directory, existing keys, special files, dangling symlinks,
-unreadable files) and refuses it whole, in one line, if any fails.
+replaced whole, atomically, once the bytes verified. cp -r follows
+symlinks and checks the whole tree before it writes anything (key names,
+names that would be both a key and a directory, existing keys, special
+files, dangling symlinks, unreadable files) and refuses it whole, in one
+line, if any fails.
 
 Options:
   -r, --recursive  copy a directory tree

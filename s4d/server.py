@@ -219,8 +219,9 @@ class Server:
         """Before a read: a key that is not here and that placement puts on another
         node was sent here by a client whose conf orders the nodes otherwise (a
         key is only ever published on its own node). Say so, not "no such key"."""
+        path = self.storage.path(key)  # checks the key first
         owner = placement.node_index(key, len(self.nodes))
-        if owner != self.self_index and not os.path.lexists(self.storage.path(key)):
+        if owner != self.self_index and not os.path.lexists(path):
             raise BadRequest(f"{keys.url(key)} belongs on {'%s:%d' % self.nodes[owner]}, not on "
                              f"{self.name}: the client's conf must list the nodes in the same order")
 

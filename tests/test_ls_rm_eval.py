@@ -49,7 +49,7 @@ def names(lines: list[str]) -> list[str]:
 
 # --- ls -------------------------------------------------------------------------------
 
-def test_ls_prints_date_time_size_and_name_separated_by_single_spaces(shared, b):
+def test_ls_prints_date_time_size_and_name_in_the_columns_of_aws_s3_ls(shared, b):
     put(shared, b, "dir/0_a", "dir/1_b", "dir/2_c", data=b"12345")
     lines = ls(shared, f"s4://{b}/dir/")
     assert len(lines) == 3
@@ -58,9 +58,9 @@ def test_ls_prints_date_time_size_and_name_separated_by_single_spaces(shared, b)
         assert size == "5"
         age = time.time() - time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S"))
         assert -120 < age < 600  # written moments ago, in local time as aws prints it
-    out = shared.sh(f's4ctl ls s4://{b}/dir/ | cut -d" " -f4').stdout
+    out = shared.sh(f"s4ctl ls s4://{b}/dir/ | awk '{{print $4}}'").stdout
     assert out.splitlines() == ["0_a", "1_b", "2_c"]
-    out = shared.sh(f's4ctl ls -r s4://{b} | cut -d" " -f4').stdout
+    out = shared.sh(f"s4ctl ls -r s4://{b} | awk '{{print $4}}'").stdout
     assert out.splitlines() == ["dir/0_a", "dir/1_b", "dir/2_c"]
 
 
