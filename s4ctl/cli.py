@@ -129,7 +129,7 @@ Commands run in fresh temp dirs, up to the daemons' --max-cpu-jobs at once
 per node. If one fails, the map stops on every node and exits 1 naming the
 node, key, exit code and stderr; outputs already published stay (keys are
 immutable, so a second run into the same OUTDIR fails naming an output that
-already existed): `s4ctl rm -r OUTDIR` and run it again.
+exists already): `s4ctl rm -r OUTDIR` and run it again.
 
 Commands run as `bash -euo pipefail -c CMD`: any failing command fails the
 whole, so a grep that matches nothing (exit 1) fails it, and so does a
@@ -784,8 +784,8 @@ def _run_map(op: str, args: dict, conf_path) -> int:
             raise
         # two runs into one OUTDIR: every output may be published, but not by this run
         key = e.message.rpartition(": ")[2]
-        raise Exists(f"{label}: the output {key} already existed (keys are immutable), from an "
-                     f"earlier or concurrent run into {outdir}; to run again: s4ctl rm -r "
+        raise Exists(f"{label}: the output {key} exists already (keys are immutable): an earlier "
+                     f"or concurrent run into {outdir} wrote it; to run again: s4ctl rm -r "
                      f"{outdir}") from None
     finally:
         if progress.tty:

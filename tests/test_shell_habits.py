@@ -120,12 +120,12 @@ def test_ls_prints_keys_and_directories_in_aligned_columns_as_aws_s3_ls_does(sha
 
 # --- maps: run twice, progress ---------------------------------------------------------------
 
-def test_a_map_run_again_into_the_same_outdir_says_which_output_already_existed(shared, b):
+def test_a_map_run_again_into_the_same_outdir_says_which_output_exists_already(shared, b):
     put(shared, b, *[f"in/{i:03d}" for i in range(6)])
     shared.s4ctl("map", f"s4://{b}/in/", f"s4://{b}/out/", "cat")
     proc = shared.s4ctl("map", f"s4://{b}/in/", f"s4://{b}/out/", "cat", check=False)
-    assert_one_line_error(proc, "already existed", f"s4://{b}/out/0", "rm -r s4://")
-    assert re.search(rf"s4://{b}/out/00[0-5] already existed", proc.stderr), proc.stderr
+    assert_one_line_error(proc, "exists already", "earlier or concurrent run", f"rm -r s4://{b}/out/")
+    assert re.search(rf"output s4://{b}/out/00[0-5] exists already", proc.stderr), proc.stderr
     assert listed(shared, f"s4://{b}/out/") == [f"out/{i:03d}" for i in range(6)]
 
 
