@@ -3,6 +3,11 @@
 One `cmd_<name>` per subcommand, each with its own docopt usage text (shown
 by `s4ctl <command> --help`). Imports are kept to what a small `cp` needs:
 no trio, no psutil.
+
+It also owns the local side of a copy, as `cp` treats it: which local
+sources are streams, how a destination is written (followed symlinks,
+special files in place, regular files replaced via a temp file that Ctrl-C
+and SIGTERM remove), and the whole-tree checks of `cp -r` in both directions.
 """
 import _signal
 import os
