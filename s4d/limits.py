@@ -51,6 +51,8 @@ CLIENT_IDLE_TIMEOUT_S = float(os.environ.get("S4_IDLE_TIMEOUT_S", 60.0))
 CLIENT_BACKOFF_FIRST_S = 0.05
 CLIENT_BACKOFF_MAX_S = 1.0
 CLIENT_PARALLEL_TRANSFERS = 8  # cp -r: transfers in flight at once
+# fsspec: one ranged get per block of an open file (sequential reads fetch ahead by this much)
+FSSPEC_BLOCK_BYTES = 8 * 1024 * 1024
 
 # --- rm -r -------------------------------------------------------------------
 # Each unlink of a file whose blocks are on disk can wait for a discard (a
