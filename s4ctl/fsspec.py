@@ -235,7 +235,12 @@ class S4FileSystem(AbstractFileSystem):
         lpath = os.fspath(lpath)
         if os.path.dirname(lpath):
             os.makedirs(os.path.dirname(lpath), exist_ok=True)
-        fd = os.open(lpath, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(lpath, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        except IsADirectoryError:
+            if self.isdir(key):  # a directory onto one that exists: nothing to write
+                return
+            raise
         try:
             with _oserrors(key):
                 size = self.client.get(key, fd)
