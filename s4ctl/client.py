@@ -365,6 +365,15 @@ class Client:
         return self._call(self.node_for(key), _get_request(key, verify_first, offset, length),
                           lambda conn, reply: self._recv_bytes(conn, reply, keys.url(key)))
 
+    def get_info(self, key: str) -> tuple[int, int]:
+        """(size, mtime) of a key, from its node alone: a ranged get of no bytes."""
+        keys.check_key(key)
+        def body(conn: Conn, reply: dict) -> dict:
+            self._recv_bytes(conn, reply, keys.url(key))  # none, but the reply must be a range's
+            return reply
+        reply = self._call(self.node_for(key), _get_request(key, False, 0, 0), body)
+        return reply["total"], reply["mtime"]
+
     def _recv_bytes(self, conn: Conn, reply: dict, what: str) -> bytes:
         size = reply["size"]
         buf = bytearray(size)

@@ -153,7 +153,13 @@ class S4FileSystem(AbstractFileSystem):
                 if entry["name"] == path:
                     return entry
             raise FileNotFoundError(errno.ENOENT, "no such key or directory", path)
-        info = self._lookup(path)
+        if "/" in path:  # most paths asked about are keys: their node alone answers
+            try:
+                size, mtime = self.client.get_info(path)
+                return self._entry(path, size, mtime)
+            except (NotFound, BadKey):
+                pass
+        info = self._lookup(path)  # a directory (or nothing): from every node's listing
         if info is None:
             raise FileNotFoundError(errno.ENOENT, "no such key or directory", path)
         return info
@@ -277,7 +283,7 @@ class S4FileSystem(AbstractFileSystem):
     def _check_absent(self, key: str) -> None:
         """FileExistsError if key exists: one zero-length ranged get on its node."""
         try:
-            self.client.get_bytes(key, 0, 0)
+            self.client.get_info(key)
         except NotFound:
             return
         raise FileExistsError(errno.EEXIST, f"key exists ({_IMMUTABLE}): {keys.url(key)}", key)

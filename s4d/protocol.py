@@ -34,7 +34,8 @@ _NUMBER = (int, float)
 #                  With "offset" and/or "length" (integers >= 0): only the bytes
 #                  [offset, offset + length) that exist, as a read(2) past the end
 #                  gives: fewer, or none; "xxh3" is then the hash of those bytes as
-#                  the node read them, and "total" the key's whole size
+#                  the node read them, "total" the key's whole size and "mtime"
+#                  its modification time (epoch seconds)
 #   ls          -> {"entries": [[name, size|null, mtime], ...]}... then {"ok"}
 #   rm          -> {"ok", "deleted"}
 #   eval        -> stream of the command's stdout, then {"ok"} or an error

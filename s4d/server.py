@@ -231,7 +231,7 @@ class Server:
             else:
                 offset, size = protocol.get_range(msg, total)
                 reply = {"ok": True, "size": size, "xxh3": await _hash_range(fd, offset, offset + size),
-                         "total": total}
+                         "total": total, "mtime": int(os.fstat(fd).st_mtime)}
                 figures = {"offset": offset}
             async with self.io_slot():
                 return {"bytes": await self._send_file(sock, fd, reply, offset, what), **figures}

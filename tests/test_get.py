@@ -69,8 +69,10 @@ def test_a_ranged_get_sends_only_its_range_with_the_xxh3_of_those_bytes_and_the_
     for offset, length in [(0, 10), (4 * MiB + 3, MiB + 1), (len(data) - 5, 100), (len(data) + 1, 3)]:
         reply, got = _raw_get(node, {"op": "get", "key": key, "offset": offset, "length": length})
         assert got == data[offset:offset + length]
+        mtime = reply.pop("mtime")
         assert reply == {"ok": True, "size": len(got), "xxh3": xxhash.xxh3_64_hexdigest(got),
                          "total": len(data)}
+        assert abs(mtime - time.time()) < 600
     reply, got = _raw_get(node, {"op": "get", "key": key})  # the whole key: unchanged on the wire
     assert got == data and set(reply) == {"ok", "size", "xxh3"}
 
