@@ -42,6 +42,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from glob import has_magic  # as fsspec itself does
 
+from fsspec.caching import ReadAheadCache, register_cache
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from s4d import conf as s4conf
@@ -319,6 +320,7 @@ class S4FileSystem(AbstractFileSystem):
             with _oserrors(key):
                 self._check_absent(key)
         return S4File(self, key, mode, block_size or self.blocksize, autocommit,
+                      cache_type=kwargs.pop("cache_type", ReadAheadWhenSequential.name),
                       cache_options=cache_options, **kwargs)
 
     def touch(self, path, truncate=True, **kwargs):
@@ -388,6 +390,33 @@ class S4FileSystem(AbstractFileSystem):
 
     def mv(self, path1, path2, recursive=False, maxdepth=None, **kwargs):
         raise _unsupported(_NO_COPY)
+
+
+class ReadAheadWhenSequential(ReadAheadCache):
+    """fsspec's readahead cache, reading ahead only once reads follow each other.
+
+    A parser reading a CSV front to back gets `blocksize` bytes ahead from its
+    second read on (few round trips); a reader that jumps (pyarrow: the footer,
+    then one column's pages) gets exactly the ranges it asks for, so reading one
+    column fetches that column, not a block after each of its chunks."""
+
+    name = "s4-readahead"
+
+    def _fetch(self, start: int | None, end: int | None) -> bytes:
+        start = start or 0
+        end = self.size if end is None else min(end, self.size)
+        if start >= end:
+            return b""
+        if self.end and self.start <= start <= self.end:  # within or right after the last fetch
+            return super()._fetch(start, end)
+        self.miss_count += 1
+        self.total_requested_bytes += end - start
+        self.cache = self.fetcher(start, end)
+        self.start, self.end = start, start + len(self.cache)
+        return self.cache
+
+
+register_cache(ReadAheadWhenSequential, clobber=True)
 
 
 class S4File(AbstractBufferedFile):
