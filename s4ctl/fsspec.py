@@ -95,6 +95,7 @@ class S4FileSystem(AbstractFileSystem):
         self.client = Client(nodes)
         self.verify = verify
         self.blocksize = block_size
+        self._fetchers = None  # threads fetching the next block of sequential reads, made once needed
 
     @property
     def fsid(self) -> str:
@@ -319,9 +320,19 @@ class S4FileSystem(AbstractFileSystem):
         if mode in ("wb", "xb"):
             with _oserrors(key):
                 self._check_absent(key)
-        return S4File(self, key, mode, block_size or self.blocksize, autocommit,
-                      cache_type=kwargs.pop("cache_type", ReadAheadWhenSequential.name),
+        cache_type = kwargs.pop("cache_type", ReadAheadWhenSequential.name)
+        if cache_type == ReadAheadWhenSequential.name and "r" in mode:
+            cache_options = {"prefetch": self._prefetch, **(cache_options or {})}
+        return S4File(self, key, mode, block_size or self.blocksize, autocommit, cache_type=cache_type,
                       cache_options=cache_options, **kwargs)
+
+    def _prefetch(self, fn, *args):
+        """Run fn(*args) in this filesystem's fetching threads (their connections are
+        kept for the next fetch); returns its Future."""
+        if self._fetchers is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self._fetchers = ThreadPoolExecutor(limits.FSSPEC_PREFETCH_THREADS, "s4-prefetch")
+        return self._fetchers.submit(fn, *args)
 
     def touch(self, path, truncate=True, **kwargs):
         if not truncate and self.exists(path):
@@ -393,27 +404,51 @@ class S4FileSystem(AbstractFileSystem):
 
 
 class ReadAheadWhenSequential(ReadAheadCache):
-    """fsspec's readahead cache, reading ahead only once reads follow each other.
+    """fsspec's readahead cache, reading ahead only once reads follow each other,
+    and then fetching the next block in the background.
 
     A parser reading a CSV front to back gets `blocksize` bytes ahead from its
-    second read on (few round trips); a reader that jumps (pyarrow: the footer,
-    then one column's pages) gets exactly the ranges it asks for, so reading one
-    column fetches that column, not a block after each of its chunks."""
+    second read on, and while it parses one block the next is already on its
+    way (`prefetch`: a function that runs a fetch in another thread and returns
+    its Future). A reader that jumps (pyarrow: the footer, then one column's
+    pages) gets exactly the ranges it asks for, so reading one column fetches
+    that column, not a block after each of its chunks."""
 
     name = "s4-readahead"
+
+    def __init__(self, blocksize: int, fetcher, size: int, prefetch=None):
+        super().__init__(blocksize, fetcher, size)
+        self._prefetch = prefetch
+        self._next = None  # (start, end, Future) of the block being fetched ahead
 
     def _fetch(self, start: int | None, end: int | None) -> bytes:
         start = start or 0
         end = self.size if end is None else min(end, self.size)
         if start >= end:
             return b""
-        if self.end and self.start <= start <= self.end:  # within or right after the last fetch
-            return super()._fetch(start, end)
+        if self.start <= start and end <= self.end:
+            self.hit_count += 1
+            return self.cache[start - self.start:end - self.start]
         self.miss_count += 1
-        self.total_requested_bytes += end - start
-        self.cache = self.fetcher(start, end)
-        self.start, self.end = start, start + len(self.cache)
-        return self.cache
+        if self.end and self.start <= start <= self.end:  # goes on from the last fetch: read ahead
+            part, fetch_start, fetch_end = self.cache[start - self.start:], self.end, end + self.blocksize
+        else:  # a jump: exactly what was asked
+            part, fetch_start, fetch_end = b"", start, end
+        fetch_end = min(fetch_end, self.size)
+        ahead, self._next = self._next, None
+        if ahead is not None and ahead[0] == fetch_start and ahead[1] >= end:
+            self.cache, fetch_end = ahead[2].result(), ahead[1]
+        else:
+            self.cache = self.fetcher(fetch_start, fetch_end)
+        self.total_requested_bytes += fetch_end - fetch_start
+        self.start, self.end = fetch_start, fetch_start + len(self.cache)
+        if part and self._prefetch is not None and self.end < self.size:
+            following = (self.end, min(self.size, self.end + self.blocksize))
+            self._next = (*following, self._prefetch(self.fetcher, *following))
+        return part + self.cache[:end - fetch_start] if part else self.cache[:end - fetch_start]
+
+    def close(self) -> None:
+        self._next = None  # a fetch under way finishes in its thread; its bytes are dropped
 
 
 register_cache(ReadAheadWhenSequential, clobber=True)

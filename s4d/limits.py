@@ -53,6 +53,7 @@ CLIENT_BACKOFF_MAX_S = 1.0
 CLIENT_PARALLEL_TRANSFERS = 8  # cp -r: transfers in flight at once
 # fsspec: one ranged get per block of an open file (sequential reads fetch ahead by this much)
 FSSPEC_BLOCK_BYTES = 8 * 1024 * 1024
+FSSPEC_PREFETCH_THREADS = 4  # per filesystem: the next block of sequential reads, fetched meanwhile
 # Client.get_bytes: a thread keeps its receive buffer (for its next ranged read) up to this size
 CLIENT_RECV_BUFFER_KEEP_BYTES = 32 * 1024 * 1024
 
