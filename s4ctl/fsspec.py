@@ -407,12 +407,13 @@ class ReadAheadWhenSequential(ReadAheadCache):
     """fsspec's readahead cache, reading ahead only once reads follow each other,
     and then fetching the next block in the background.
 
-    A parser reading a CSV front to back gets `blocksize` bytes ahead from its
-    second read on, and while it parses one block the next is already on its
-    way (`prefetch`: a function that runs a fetch in another thread and returns
-    its Future). A reader that jumps (pyarrow: the footer, then one column's
-    pages) gets exactly the ranges it asks for, so reading one column fetches
-    that column, not a block after each of its chunks."""
+    A parser reading a CSV front to back in small reads gets `blocksize` bytes
+    ahead from its second read on, and while it parses one block the next is
+    already on its way (`prefetch`: a function that runs a fetch in another
+    thread and returns its Future). A reader that jumps or asks for a block or
+    more at once (pyarrow: the footer, then whole column chunks) gets exactly
+    the ranges it asks for, so reading one column fetches that column, and
+    reading them all fetches the file once."""
 
     name = "s4-readahead"
 
@@ -430,9 +431,10 @@ class ReadAheadWhenSequential(ReadAheadCache):
             self.hit_count += 1
             return self.cache[start - self.start:end - self.start]
         self.miss_count += 1
-        if self.end and self.start <= start <= self.end:  # goes on from the last fetch: read ahead
+        if self.end and self.start <= start <= self.end and end - start < self.blocksize:
+            # a small read going on from the last fetch (a parser's): read ahead
             part, fetch_start, fetch_end = self.cache[start - self.start:], self.end, end + self.blocksize
-        else:  # a jump: exactly what was asked
+        else:  # a jump, or a read of a block or more (pyarrow's): exactly what was asked
             part, fetch_start, fetch_end = b"", start, end
         fetch_end = min(fetch_end, self.size)
         ahead, self._next = self._next, None
