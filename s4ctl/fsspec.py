@@ -38,6 +38,7 @@ import errno
 import io
 import os
 import tempfile
+import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from glob import has_magic  # as fsspec itself does
@@ -231,8 +232,9 @@ class S4FileSystem(AbstractFileSystem):
         return self._get_range(key, start, max(0, end - start))
 
     def get_file(self, rpath, lpath, callback=None, outfile=None, **kwargs):
-        """Download one key, spliced into the local file and checked against the
-        checksum stored at write time; a failed download leaves no local file."""
+        """Download one key into a temp file beside lpath (spliced, checked against the
+        checksum stored at write time), renamed over lpath only once it checked out:
+        a failed download leaves lpath as it was and no temp file."""
         from fsspec.utils import isfilelike
         key = self._key(rpath)
         if outfile is None and isfilelike(lpath):
@@ -241,25 +243,27 @@ class S4FileSystem(AbstractFileSystem):
             outfile.write(self.cat_file(key))
             return
         lpath = os.fspath(lpath)
-        if os.path.dirname(lpath):
-            os.makedirs(os.path.dirname(lpath), exist_ok=True)
-        try:
-            fd = os.open(lpath, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        except IsADirectoryError:
+        if os.path.isdir(lpath):
             if self.isdir(key):  # a directory onto one that exists: nothing to write
                 return
-            raise
+            raise IsADirectoryError(errno.EISDIR, f"a local directory is where {keys.url(key)} "
+                                    "would go", lpath)
+        parent, name = os.path.split(lpath)
+        os.makedirs(parent or ".", exist_ok=True)
+        temp = os.path.join(parent, f".{name}.s4tmp.{uuid.uuid4().hex[:12]}")
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         try:
             with _oserrors(key):
                 size = self.client.get(key, fd)
+            os.replace(temp, lpath)
         except BaseException as e:
-            os.close(fd)
-            os.unlink(lpath)
+            os.unlink(temp)
             if isinstance(e, FileNotFoundError) and self.isdir(key):  # fsspec: a directory is made
                 os.makedirs(lpath, exist_ok=True)
                 return
             raise
-        os.close(fd)
+        finally:
+            os.close(fd)
         if callback is not None:
             callback.set_size(size)
             callback.relative_update(size)

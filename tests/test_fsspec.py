@@ -389,3 +389,20 @@ def test_the_small_cp_path_imports_no_fsspec(shared, b):
     imported = {line.split("|")[-1].strip() for line in proc.stderr.decode().splitlines() if "|" in line}
     assert not {m for m in imported if m == "s4ctl.fsspec" or m.split(".")[0] in ("fsspec", "pandas", "numpy")}
     assert "s4ctl.client" in imported  # what was measured is the cp itself
+
+
+def test_a_failed_download_leaves_the_local_file_as_it_was_and_no_temp_file(shared, s4fs, b, tmp_path):
+    data = os.urandom(2 * MiB)
+    s4fs.pipe(f"{b}/k", data)
+    path = shared.key_path(shared.node_of(f"s4://{b}/k"), f"s4://{b}/k")
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:  # corrupt on the node's disk: the whole-key check refuses it
+        f.write(bytes([data[0] ^ 1]))
+    os.chmod(path, 0o444)
+    (tmp_path / "k").write_bytes(b"previous")
+    with pytest.raises(Exception, match="checksum"):
+        s4fs.get(f"s4://{b}/k", str(tmp_path / "k"))
+    assert os.listdir(tmp_path) == ["k"] and (tmp_path / "k").read_bytes() == b"previous"
+    s4fs.pipe(f"{b}/good", data)
+    s4fs.get(f"{b}/good", str(tmp_path / "k"))
+    assert (tmp_path / "k").read_bytes() == data and os.listdir(tmp_path) == ["k"]
