@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
 import posixpath
 import re
 import subprocess
