@@ -207,6 +207,7 @@ class Client:
     def __init__(self, nodes: list[Node]):
         self.nodes = nodes
         self._idle: dict[int, dict[Node, Conn]] = {}  # per thread: connections kept for reuse
+        self._recv_buffers: dict[int, bytearray] = {}  # per thread: get_bytes' receive buffer
 
     # --- connections --------------------------------------------------------------
     def node_for(self, path: str) -> Node:
@@ -339,10 +340,7 @@ class Client:
                     written += os.write(out_fd, view[written:n])
                 left -= n
             digest = h.hexdigest()
-        if digest != reply["xxh3"]:
-            raise ChecksumMismatch(f"checksum mismatch reading {what} from {conn.name}: the stored "
-                                   f"xxh3 is {reply['xxh3']}, the bytes received hash to "
-                                   f"{digest} (corrupt on disk or on the wire)")
+        _check_digest(digest, reply, conn, what)
         return size
 
     @staticmethod
@@ -352,17 +350,57 @@ class Client:
         return (stat.S_ISREG(st.st_mode) and st.st_size == 0 and os.lseek(fd, 0, os.SEEK_CUR) == 0
                 and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR)
 
-    def get(self, key: str, out_fd: int, verify_first: bool = False) -> int:
+    def get(self, key: str, out_fd: int, verify_first: bool = False, offset: int | None = None,
+            length: int | None = None) -> int:
         """Write key's bytes to out_fd, verified against the checksum stored at write time.
 
         The bytes are checked as they arrive, so on a mismatch out_fd already holds
         them: fine for a temp file the caller discards. For an fd that cannot take
         bytes back (stdout), verify_first has the node check the file before it
-        sends a byte (one more pass over it there)."""
+        sends a byte (one more pass over it there).
+
+        offset/length ask for a range, clipped to the key as read(2) clips (past the
+        end: fewer bytes, or none); the node hashes the range it reads, so the
+        transfer is checked but the disk is not, unless verify_first."""
         keys.check_key(key)
-        request = {"op": "get", "key": key, "verify": True} if verify_first else {"op": "get", "key": key}
-        return self._call(self.node_for(key), request,
+        return self._call(self.node_for(key), _get_request(key, verify_first, offset, length),
                           lambda conn, reply: self._recv_verified(conn, reply, out_fd, keys.url(key)))
+
+    def get_bytes(self, key: str, offset: int | None = None, length: int | None = None,
+                  verify_first: bool = False) -> bytes:
+        """A key's bytes, or a range of them (as `get`), in memory: for reads of a
+        part of a key (the fsspec filesystem's cat_file and buffered files)."""
+        keys.check_key(key)
+        return self._call(self.node_for(key), _get_request(key, verify_first, offset, length),
+                          lambda conn, reply: self._recv_bytes(conn, reply, keys.url(key)))
+
+    def get_info(self, key: str) -> tuple[int, int]:
+        """(size, mtime) of a key, from its node alone: a ranged get of no bytes."""
+        keys.check_key(key)
+        def body(conn: Conn, reply: dict) -> dict:
+            self._recv_bytes(conn, reply, keys.url(key))  # none, but the reply must be a range's
+            return reply
+        reply = self._call(self.node_for(key), _get_request(key, False, 0, 0), body)
+        return reply["total"], reply["mtime"]
+
+    def _recv_bytes(self, conn: Conn, reply: dict, what: str) -> bytes:
+        """Receive into this thread's reused buffer (memory touched before, which is
+        cheaper here than fresh pages), check, and return one copy as bytes."""
+        size = reply["size"]
+        buf = self._recv_buffers.get(get_ident())
+        if buf is None or len(buf) < size:
+            buf = bytearray(size)
+            if size <= limits.CLIENT_RECV_BUFFER_KEEP_BYTES:
+                self._recv_buffers[get_ident()] = buf
+        with memoryview(buf) as whole:
+            view = whole[:size]
+            got = 0
+            while got < size:
+                got += conn.recv_into(view[got:])
+            _check_digest(xxhash.xxh3_64_hexdigest(view), reply, conn, what)
+            data = view.tobytes()
+            view.release()
+        return data
 
     def eval(self, key: str, cmd: str, out_fd: int, timeout: float | None = None) -> int:
         keys.check_key(key)
@@ -502,6 +540,29 @@ class Client:
             conns[node] = Conn(node)
         self.fanout(run)
         return {k: sum(f[k] for f in figures.values()) for k in ("done", "total", "bytes")}
+
+
+def _get_request(key: str, verify: bool, offset: int | None, length: int | None) -> dict:
+    request = {"op": "get", "key": key}
+    if verify:
+        request["verify"] = True
+    if offset is not None:
+        request["offset"] = offset
+    if length is not None:
+        request["length"] = length
+    return request
+
+
+def _check_digest(digest: str, reply: dict, conn: Conn, what: str) -> None:
+    if digest == reply["xxh3"]:
+        return
+    if "total" in reply:  # a range: the node hashed what it read just now
+        raise ChecksumMismatch(f"checksum mismatch reading {reply['size']} bytes of {what} from "
+                               f"{conn.name}: the node sent xxh3 {reply['xxh3']}, the bytes received "
+                               f"hash to {digest} (corrupt on the wire)")
+    raise ChecksumMismatch(f"checksum mismatch reading {what} from {conn.name}: the stored "
+                           f"xxh3 is {reply['xxh3']}, the bytes received hash to "
+                           f"{digest} (corrupt on disk or on the wire)")
 
 
 def in_threads(target, args) -> None:

@@ -55,6 +55,26 @@ def hash_fd(fd: int, size: int | None = None) -> str:
     return h.hexdigest()
 
 
+def hash_range(fd: int, start: int, end: int) -> str:
+    """xxh3-64 hex digest of bytes [start, end) of fd (a ranged get), through mmap
+    windows aligned below start, so the bytes are hashed where they sit."""
+    if end - start <= _SMALL:
+        return xxhash.xxh3_64_hexdigest(os.pread(fd, end - start, start))
+    import mmap
+    h = xxhash.xxh3_64()
+    pos = start - start % _WINDOW
+    while pos < end:
+        length = min(_WINDOW, end - pos)
+        with mmap.mmap(fd, length, access=mmap.ACCESS_READ, offset=pos) as m:
+            view = memoryview(m)
+            try:
+                h.update(view[max(start - pos, 0):])
+            finally:
+                view.release()  # before the mapping closes: it cannot close while exported
+        pos += length
+    return h.hexdigest()
+
+
 def hash_file(path: str) -> str:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:

@@ -55,6 +55,11 @@ CLIENT_PARALLEL_TRANSFERS = 8  # cp -r: transfers in flight at once
 # the name is cut to this many bytes so a 255-byte basename still fits.
 TEMP_NAME_KEEP_BYTES = 200
 SYMLINK_HOPS_MAX = 40  # links followed to resolve a local path (the kernel's MAXSYMLINKS)
+# fsspec: one ranged get per block of an open file (sequential reads fetch ahead by this much)
+FSSPEC_BLOCK_BYTES = 8 * 1024 * 1024
+FSSPEC_PREFETCH_THREADS = 4  # per filesystem: the next block of sequential reads, fetched meanwhile
+# Client.get_bytes: a thread keeps its receive buffer (for its next ranged read) up to this size
+CLIENT_RECV_BUFFER_KEEP_BYTES = 32 * 1024 * 1024
 
 # --- rm -r -------------------------------------------------------------------
 # Each unlink of a file whose blocks are on disk can wait for a discard (a

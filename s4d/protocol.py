@@ -30,7 +30,12 @@ _NUMBER = (int, float)
 #                  -> {"ok", "size"}
 #   get         -> {"ok", "size", "xxh3"} + exactly size raw bytes (sendfile);
 #                  with "verify": true the node first checks the file against
-#                  its stored checksum (for a reader that cannot take bytes back)
+#                  its stored checksum (for a reader that cannot take bytes back).
+#                  With "offset" and/or "length" (integers >= 0): only the bytes
+#                  [offset, offset + length) that exist, as a read(2) past the end
+#                  gives: fewer, or none; "xxh3" is then the hash of those bytes as
+#                  the node read them, "total" the key's whole size and "mtime"
+#                  its modification time (epoch seconds)
 #   ls          -> {"entries": [[name, size|null, mtime], ...]}... then {"ok"}
 #   rm          -> {"ok", "deleted"}
 #   eval        -> stream of the command's stdout, then {"ok"} or an error
@@ -52,6 +57,7 @@ OPS: dict[str, dict[str, type | tuple]] = {
 OPTIONAL_FIELDS: dict[str, type | tuple] = {"timeout": _NUMBER, "glob": str, "verify": bool,
                                             # maps: the client's conf, to check its node order
                                             "nodes": list, "node_index": int}
+GET_RANGE_FIELDS = ("offset", "length")  # optional on get only: non-negative integers
 PUT_TRAILER = {"xxh3": str, "size": int}
 
 
@@ -195,7 +201,22 @@ def check_request(msg: dict) -> str:
         raise BadRequest(f"{op}: timeout must be positive")
     if isinstance(msg.get("cmd"), str) and len(msg["cmd"]) > limits.CMD_MAX_BYTES:
         raise BadRequest(f"{op}: command longer than {limits.CMD_MAX_BYTES} bytes")
+    for name in GET_RANGE_FIELDS:
+        if msg.get(name) is not None:
+            if op != "get":
+                raise BadRequest(f"{op}: field {name!r} belongs to get only")
+            _check_fields(msg, {name: int}, op)
+            if not 0 <= msg[name] <= limits.CHUNK_MAX_BYTES:
+                raise BadRequest(f"get: {name} must be between 0 and {limits.CHUNK_MAX_BYTES}")
     return op
+
+
+def get_range(msg: dict, size: int) -> tuple[int, int]:
+    """(offset, length) that a checked get request asks of a key of `size` bytes,
+    clipped to the key as read(2) clips: a range past the end is empty."""
+    offset = min(msg.get("offset") or 0, size)
+    length = msg.get("length")
+    return offset, size - offset if length is None else min(length, size - offset)
 
 
 def check_put_trailer(msg: dict) -> None:

@@ -19,13 +19,13 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from s4d import __version__, errors, keys, limits, placement, protocol
+from s4d import __version__, checksum, errors, keys, limits, placement, protocol
 from s4d.controller import Controller, Progress
-from s4d.errors import (BadRequest, Busy, ChecksumMismatch, NoSpace, NotFound, ProtocolError,
+from s4d.errors import (BadRequest, Busy, ChecksumMismatch, NoSpace, ProtocolError,
                         S4Error, Unavailable)
 from s4d.storage import Storage
-from s4d.transfer import (Idle, hash_file_async, recv_frame, recv_stream_to_file, send_all,
-                          send_frame, sendfile)
+from s4d.transfer import (HASHING, Idle, recv_frame, recv_stream_to_file, send_all, send_frame,
+                          sendfile)
 
 log = logging.getLogger("s4d")
 
@@ -200,19 +200,13 @@ class Server:
             await send_frame(sock, {"ok": True, "size": size}, idle)
         return {"bytes": size}
 
-    async def _send_file(self, sock, path: str, digest: str, what: str) -> int:
-        """{"ok", size, xxh3} then the file's bytes by sendfile; returns the size."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise NotFound(f"no such key: {what}") from None
-        try:
-            size = os.fstat(fd).st_size
-            with Idle(self.idle_s, f"sending {what}") as idle:
-                await send_frame(sock, {"ok": True, "size": size, "xxh3": digest}, idle)
-                await sendfile(sock, fd, size, idle)
-        finally:
-            os.close(fd)
+    async def _send_file(self, sock, fd: int, reply: dict, offset: int, what: str) -> int:
+        """The reply frame ({"ok", "size", "xxh3", ...}), then reply["size"] bytes of fd
+        from offset by sendfile; returns the size."""
+        size = reply["size"]
+        with Idle(self.idle_s, f"sending {what}") as idle:
+            await send_frame(sock, reply, idle)
+            await sendfile(sock, fd, size, idle, offset)
         return size
 
     def _refuse_misplaced(self, key: str) -> None:
@@ -238,20 +232,46 @@ class Server:
                              "client's conf must list the nodes in the same order")
 
     async def handle_get(self, sock, msg: dict) -> dict:
+        """The key is opened once; its stored checksum, the optional verification and
+        the bytes sent all come from that one fd. A whole-key get sends the checksum
+        stored at write time, so the client checks disk and wire at once. A ranged
+        get (offset/length) sends the xxh3 of the range hashed here from the same
+        page cache sendfile then reads: it checks the wire, not the disk; only
+        "verify" (one pass over the whole key first) checks the disk for a range."""
         self._refuse_misplaced(msg["key"])
         key = msg["key"]
-        path, _, digest = self.storage.stat(key)  # the checksum stored at write time
-        if msg.get("verify"):  # the reader cannot take bytes back (stdout): no corrupt byte leaves
-            path = await self.controller.verified(key)
-        async with self.io_slot():
-            return {"bytes": await self._send_file(sock, path, digest, keys.url(key))}
+        what = keys.url(key)
+        fd, total, stored = self.storage.open_key(key)
+        try:
+            if msg.get("verify"):  # the reader cannot take bytes back (stdout): no corrupt byte leaves
+                digest = await _hash_range(fd, 0, total)
+                if digest != stored:
+                    raise ChecksumMismatch(f"checksum mismatch: {what} is corrupt on {self.name}: "
+                                           f"stored xxh3 {stored}, its bytes hash to {digest}", node=self.name)
+            if msg.get("offset") is None and msg.get("length") is None:
+                reply = {"ok": True, "size": total, "xxh3": stored}
+                offset, figures = 0, {}
+            else:
+                offset, size = protocol.get_range(msg, total)
+                reply = {"ok": True, "size": size, "xxh3": await _hash_range(fd, offset, offset + size),
+                         "total": total, "mtime": int(os.fstat(fd).st_mtime)}
+                figures = {"offset": offset}
+            async with self.io_slot():
+                return {"bytes": await self._send_file(sock, fd, reply, offset, what), **figures}
+        finally:
+            os.close(fd)  # after any hashing thread: to_thread.run_sync waits for it even when cancelled
 
     async def handle_eval(self, sock, msg: dict) -> dict:
         self._refuse_misplaced(msg["key"])
         async with self.controller.eval(msg["key"], msg["cmd"], msg.get("timeout")) as out:
-            digest = await hash_file_async(out, os.stat(out).st_size)
-            async with self.io_slot():
-                return {"bytes": await self._send_file(sock, out, digest, "eval output")}
+            fd = os.open(out, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                size = os.fstat(fd).st_size
+                reply = {"ok": True, "size": size, "xxh3": await _hash_range(fd, 0, size)}
+                async with self.io_slot():
+                    return {"bytes": await self._send_file(sock, fd, reply, 0, "eval output")}
+            finally:
+                os.close(fd)
 
     async def handle_ls(self, sock, msg: dict) -> dict:
         entries = await trio.to_thread.run_sync(self.storage.list, msg["prefix"], msg["recursive"])
@@ -406,6 +426,13 @@ class Server:
                 await send_all(sock, protocol.END_OF_STREAM, idle)
                 await send_frame(sock, {"xxh3": digest, "size": size}, idle)
                 _check_reply(await recv_frame(sock, idle), host, port)
+
+
+async def _hash_range(fd: int, start: int, end: int) -> str:
+    """xxh3 of bytes [start, end) of fd: inline when small, else in a hashing thread."""
+    if end - start <= limits.HASH_INLINE_MAX_BYTES:
+        return checksum.hash_range(fd, start, end)
+    return await trio.to_thread.run_sync(checksum.hash_range, fd, start, end, limiter=HASHING)
 
 
 def _check_reply(reply: dict | None, host: str, port: int) -> dict:

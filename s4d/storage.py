@@ -107,6 +107,35 @@ class Storage:
             raise
         return path, st.st_size, digest
 
+    def open_key(self, key: str) -> tuple[int, int, str]:
+        """(fd, size, checksum) of a published key, opened once: the checksum is read
+        from that fd, so a reader verifies and sends the one file it opened whatever
+        happens to the path meanwhile (a delete and a new put). The last component
+        is never followed (O_NOFOLLOW), the fd's own path must be the key's (no
+        symlinked directory on the way), a planted FIFO never blocks (O_NONBLOCK).
+        The caller closes the fd."""
+        path = self.path(key)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                raise NotFound(f"no such key: {keys.url(key)}") from None
+            raise
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or os.readlink(f"/proc/self/fd/{fd}") != path:
+                raise NotFound(f"no such key: {keys.url(key)}")
+            digest = os.getxattr(fd, XATTR).decode()
+        except OSError as e:
+            os.close(fd)
+            if e.errno == errno.ENODATA:
+                raise NotFound(f"no checksum stored for {keys.url(key)}") from None
+            raise
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, st.st_size, digest
+
     def check_new(self, key: str) -> None:
         """Raise unless key could be published here now: checked before a put's
         bytes move, so a put that cannot land fails at once (publish checks again)."""

@@ -114,13 +114,13 @@ async def send_frame(sock, msg: dict, idle: Idle) -> None:
     await send_all(sock, protocol.encode(msg), idle)
 
 
-async def sendfile(sock, fd: int, size: int, idle: Idle) -> None:
-    """Send `size` bytes of `fd` from offset 0 with os.sendfile."""
-    offset = 0
+async def sendfile(sock, fd: int, size: int, idle: Idle, offset: int = 0) -> None:
+    """Send `size` bytes of `fd` from `offset` with os.sendfile."""
+    end = offset + size
     since_checkpoint = 0
-    while offset < size:
+    while offset < end:
         try:
-            sent = os.sendfile(sock.fileno(), fd, offset, min(size - offset, limits.SENDFILE_BYTES))
+            sent = os.sendfile(sock.fileno(), fd, offset, min(end - offset, limits.SENDFILE_BYTES))
         except BlockingIOError:
             await trio.lowlevel.wait_writable(sock)
             continue
