@@ -485,6 +485,80 @@ class Client:
         self.fanout(run)
         return {k: sum(f[k] for f in figures.values()) for k in ("done", "total", "bytes")}
 
+    # --- S3 in and out: every node moves its own keys (s4d/s3.py) ----------------------
+    def s3_import(self, key: str, bucket: str, obj: str, recursive: bool = False,
+                  endpoint: str | None = None, on_progress=None) -> dict:
+        """Copy S3 object `obj` of `bucket` to the s4 key `key`, or with recursive every
+        object under the prefix `obj` to the same relative name under the s4 directory
+        `key` (ends in '/'). The nodes list and fetch; nothing passes through here."""
+        return self._s3("s3_import", key, bucket, obj, recursive, endpoint, on_progress)
+
+    def s3_export(self, key: str, bucket: str, obj: str, recursive: bool = False,
+                  endpoint: str | None = None, on_progress=None) -> dict:
+        """Copy the s4 key `key` to S3 object `obj` of `bucket`, or with recursive every
+        key under the s4 directory `key` (ends in '/') to the same relative name under
+        the prefix `obj`. Each node uploads its own keys."""
+        return self._s3("s3_export", key, bucket, obj, recursive, endpoint, on_progress)
+
+    def _s3(self, op: str, key: str, bucket: str, obj: str, recursive: bool,
+            endpoint: str | None, on_progress) -> dict:
+        if recursive:
+            keys.check_prefix(key)
+            nodes = self.nodes
+        else:
+            keys.check_key(key)
+            nodes = [self.node_for(key)]
+        request = {"op": op, "key": key, "bucket": bucket, "object": obj, "recursive": recursive,
+                   "endpoint": endpoint}
+        return self._everywhere(request, nodes, on_progress)
+
+    def _everywhere(self, request: dict, nodes: list[Node], on_progress=None) -> dict:
+        """Send request to every one of nodes at once and follow their progress frames,
+        as a map does: on_progress(done, total, bytes) as figures arrive; the first
+        failure closes the other connections, which cancels their work, and is raised."""
+        import threading
+        figures = {node: {"done": 0, "total": 0, "bytes": 0} for node in nodes}
+        conns: dict[Node, Conn] = {}
+        try:
+            for node in nodes:
+                conns[node] = Conn(node)
+        except S4Error:
+            for conn in conns.values():
+                conn.close()
+            raise
+        failed = threading.Event()
+        lock = threading.Lock()
+
+        def run(node: Node) -> dict:
+            conn = conns[node]
+            try:
+                conn.send_frame(request)
+                while True:
+                    msg = conn.recv_reply()
+                    if "progress" in msg or msg.get("ok"):
+                        figures[node] = {k: msg.get("progress", msg)[k] for k in ("done", "total", "bytes")}
+                        if on_progress:
+                            with lock:
+                                on_progress(*(sum(f[k] for f in figures.values())
+                                              for k in ("done", "total", "bytes")))
+                    if msg.get("ok"):
+                        return msg
+            except S4Error as e:
+                if failed.is_set():  # cancelled because another node failed first
+                    return {}
+                failed.set()
+                for other in conns.values():
+                    if other is not conn:
+                        _shut(other)
+                if isinstance(e, (Unavailable, Timeout)) and conn.name not in e.message:
+                    raise type(e)(f"{conn.name}: {e.message}") from None
+                raise
+            finally:
+                conn.close()
+
+        self.fanout(run, nodes)
+        return {k: sum(f[k] for f in figures.values()) for k in ("done", "total", "bytes")}
+
 
 def in_threads(target, args) -> None:
     """target(arg) for each arg, each in its own thread, all at once; waits for all."""
