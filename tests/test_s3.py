@@ -205,3 +205,12 @@ def test_a_node_that_dies_mid_import_fails_it_naming_the_node_and_leaves_nothing
             if path.is_file():
                 rel = path.relative_to(cluster.data_dirs[i] / b / "m")
                 assert path.read_bytes() == objects[f"many/{rel}"], path
+
+
+def test_the_taxi_example_runs_from_s3_to_s3_and_matches_the_single_process_count(shared, s3):
+    script = os.path.join(os.path.dirname(__file__), "..", "examples", "taxi_s3", "run.sh")
+    proc = subprocess.run(["bash", script, "--rows", "20000"], capture_output=True, text=True,
+                          timeout=300, env={**shared.env, "AWS_ENDPOINT_URL_S3": s3.endpoint,
+                                            "S4CTL": S4CTL})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "exported passenger counts match the single-process count" in proc.stdout
