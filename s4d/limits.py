@@ -71,15 +71,17 @@ def default_cpu_jobs() -> int:
     return (os.cpu_count() or 1) + 2
 
 # --- S3 in and out (s4d/s3.py) ------------------------------------------------
-# The aws CLI's defaults: objects over the threshold move as parts of
-# S3_PART_BYTES (ranged GETs in, a multipart upload out; S3 wants parts of
-# 5 MiB or more but the last). On every node, S3_OBJECTS_PER_NODE objects move
-# at once and at most S3_PARTS_PER_NODE part transfers, so a node holds at most
-# S3_PARTS_PER_NODE x S3_PART_BYTES of parts in memory (an export's parts; an
-# import writes each read straight to its file). The two sizes can be set by
-# environment for tests (S4_S3_MULTIPART_THRESHOLD_BYTES, S4_S3_PART_BYTES).
-S3_MULTIPART_THRESHOLD_BYTES = int(os.environ.get("S4_S3_MULTIPART_THRESHOLD_BYTES", 8 * 1024 * 1024))
-S3_PART_BYTES = int(os.environ.get("S4_S3_PART_BYTES", 8 * 1024 * 1024))
+# Objects over the threshold move as parts of S3_PART_BYTES: ranged GETs in, a
+# multipart upload out (S3 wants parts of 5 MiB or more but the last). 16 MiB,
+# not the aws CLI's 8: against the local S3 server an export of 16 MiB objects
+# ran ~2x faster as one PUT each than as two parts (bench/RESULTS.md). On every
+# node, S3_OBJECTS_PER_NODE objects move at once and at most S3_PARTS_PER_NODE
+# GETs or PUTs; an export holds what it sends in memory (read once, hashed,
+# sent), so a node holds at most S3_PARTS_PER_NODE x 16 MiB of it; an import
+# writes each read straight to its file. The two sizes can be set by
+# environment (S4_S3_MULTIPART_THRESHOLD_BYTES, S4_S3_PART_BYTES).
+S3_MULTIPART_THRESHOLD_BYTES = int(os.environ.get("S4_S3_MULTIPART_THRESHOLD_BYTES", 16 * 1024 * 1024))
+S3_PART_BYTES = int(os.environ.get("S4_S3_PART_BYTES", 16 * 1024 * 1024))
 S3_OBJECTS_PER_NODE = 8
 S3_PARTS_PER_NODE = 8
 S3_CONNECTIONS_PER_NODE = 16  # the HTTP pool of a node's S3 client (>= the parts in flight)
