@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import KiB, MiB, Cluster, Report, machine, mbps, median, rmtree  # noqa: E402
+from common import KiB, MiB, Cluster, Report, RssSampler, machine, mbps, median, rmtree  # noqa: E402
 from vs_aws import S3  # noqa: E402
 
 CURVE_SIZES = [KiB, 16 * KiB, 256 * KiB, 4 * MiB, 16 * MiB, 64 * MiB, 256 * MiB]
@@ -80,7 +80,7 @@ def _names(prefix: str, n: int) -> list[str]:
 
 
 def big(c: Cluster, s3: S3, plain: Plain, report: Report, work: Path, n: int, size: int,
-        reps: int, sec: str) -> dict:
+        reps: int, sec: str, rss: RssSampler) -> dict:
     """Import and export of n objects of size: s4 beside (a), (b), (c)."""
     data = os.urandom(size)
     src = _names(f"{sec}/src/", n)
@@ -93,13 +93,18 @@ def big(c: Cluster, s3: S3, plain: Plain, report: Report, work: Path, n: int, si
     def run(name: str, seconds: float) -> None:
         runs.setdefault(name, []).append(mbps(total, seconds))
 
-    # the export's source: imported once
+    # the export's source: imported once (the daemons' first S3 copy: boto3 is imported)
+    before = max(rss.now())
     c.s4ctl("cp", "-r", *ep, f"s3://{b}/{sec}/src/", f"s4://bench/{sec}/src/")
+    report.add("memory", "s4d RSS before / after its first S3 copy", before / MiB, "MiB",
+               f"after: {max(rss.now()) / MiB:.1f} MiB (max over the 3 daemons)")
     names = " ".join(n.rsplit("/", 1)[1] for n in src)
     aws = s3.shell()
     for r in range(reps):
         # --- import
+        rss.label = "import"
         run("import s4ctl cp -r s3:// s4://", c.timed("cp", "-r", *ep, f"s3://{b}/{sec}/src/", f"s4://bench/{sec}/i{r}/"))
+        rss.label = "other"
         c.s4ctl("rm", "-r", f"s4://bench/{sec}/i{r}/")
         run("import (a) aws s3 cp - | s4ctl cp - loop", c.bash(
             f"for k in {names}; do {aws} cp s3://{b}/{sec}/src/$k - | s4ctl cp - s4://bench/{sec}/a{r}/$k; done"))
@@ -111,7 +116,9 @@ def big(c: Cluster, s3: S3, plain: Plain, report: Report, work: Path, n: int, si
         c.s4ctl("rm", "-r", f"s4://bench/{sec}/b{r}/")
         run("import (c) plain parallel GET", plain.get(src))
         # --- export
+        rss.label = "export"
         run("export s4ctl cp -r s4:// s3://", c.timed("cp", "-r", *ep, f"s4://bench/{sec}/src/", f"s3://{b}/{sec}/e{r}/"))
+        rss.label = "other"
         plain.delete(f"{sec}/e{r}/")
         run("export (a) s4ctl cp - | aws s3 cp - loop", c.bash(
             f"for k in {names}; do s4ctl cp s4://bench/{sec}/src/$k - | {aws} cp - s3://{b}/{sec}/a{r}/$k; done"))
@@ -127,6 +134,9 @@ def big(c: Cluster, s3: S3, plain: Plain, report: Report, work: Path, n: int, si
     for name, values in runs.items():
         out[name] = median(values)
         report.add(sec, name, out[name], "MB/s", f"{n} x {size // KiB} KiB, runs {', '.join(f'{v:.0f}' for v in values)}")
+    for way in ("import", "export"):
+        report.add("memory", f"s4d peak RSS during the {way}", rss.peak(way) / MiB, "MiB",
+                   f"max over the 3 daemons; {rss.source()}")
     for way in ("import", "export"):
         s4 = out[f"{way} s4ctl cp -r " + ("s3:// s4://" if way == "import" else "s4:// s3://")]
         a = next(v for k, v in out.items() if k.startswith(f"{way} (a)"))
@@ -253,9 +263,9 @@ def main() -> int:
         report.add("setup", "S3 endpoint", None, "-", s3.label)
         report.add("setup", "load at start", os.getloadavg()[0], "1-min", "a shared machine: noisy")
         plain = Plain(s3, a.threads)
-        with Cluster(work / "cluster") as c:
+        with Cluster(work / "cluster") as c, RssSampler(c.pids) as rss:
             if "big" in only:
-                big(c, s3, plain, report, work, a.objects, a.size, a.reps, "big")
+                big(c, s3, plain, report, work, a.objects, a.size, a.reps, "big", rss)
             if "small" in only:
                 small(c, s3, plain, report, a.small, a.sample, a.reps)
             if "curve" in only:
