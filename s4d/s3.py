@@ -152,6 +152,10 @@ class S3:
                     if placement.node_index(job.key, len(self.nodes)) == self.self_index]
         else:
             keys.check_key(key)
+            owner = placement.node_index(key, len(self.nodes))
+            if owner != self.self_index:  # a client whose conf orders the nodes differently
+                raise BadRequest(f"{keys.url(key)} belongs on {'%s:%d' % self.nodes[owner]}, not on "
+                                 f"{self.name}: the client's conf must list the nodes in the same order")
             jobs = [await self._head(client, bucket, obj, key)]
         for job in jobs:  # before any byte moves: an existing key fails the import here
             try:
