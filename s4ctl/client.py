@@ -445,45 +445,7 @@ class Client:
         figures arrive. The first failure closes the other nodes' connections, which
         cancels their work, and is raised."""
         request = {"op": op, "indir": indir, "outdir": outdir, "cmd": cmd, "timeout": timeout}
-        figures = {node: {"done": 0, "total": 0, "bytes": 0} for node in self.nodes}
-        conns: dict[Node, Conn] = {}
-        import threading
-        failed = threading.Event()
-        lock = threading.Lock()
-
-        def report() -> None:
-            if on_progress:
-                with lock:
-                    on_progress(*(sum(f[k] for f in figures.values()) for k in ("done", "total", "bytes")))
-
-        def run(node: Node) -> dict:
-            conn = conns[node]
-            try:
-                conn.send_frame(request)
-                while True:
-                    msg = conn.recv_reply()
-                    if "progress" in msg:
-                        figures[node] = msg["progress"]
-                        report()
-                    elif msg.get("ok"):
-                        figures[node] = {k: msg[k] for k in ("done", "total", "bytes")}
-                        report()
-                        return msg
-            except S4Error:
-                if failed.is_set():  # cancelled because another node failed first
-                    return {}
-                failed.set()
-                for other in conns.values():
-                    if other is not conn:
-                        _shut(other)
-                raise
-            finally:
-                conn.close()
-
-        for node in self.nodes:
-            conns[node] = Conn(node)
-        self.fanout(run)
-        return {k: sum(f[k] for f in figures.values()) for k in ("done", "total", "bytes")}
+        return self._everywhere(request, self.nodes, on_progress)
 
     # --- S3 in and out: every node moves its own keys (s4d/s3.py) ----------------------
     def s3_import(self, key: str, bucket: str, obj: str, recursive: bool = False,
