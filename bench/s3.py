@@ -221,6 +221,7 @@ def plot(path: str, lines: dict, title: str) -> None:
         ax.plot(sizes, [points[s] for s in sizes], marker="o",
                 linestyle="--" if name.startswith("plain") else "-", label=name)
     ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
     ax.set_xticks(sorted({s for p in lines.values() for s in p}))
     ax.set_xticklabels([f"{s // MiB} MiB" if s >= MiB else f"{s // KiB} KiB"
                         for s in sorted({s for p in lines.values() for s in p})])
