@@ -207,7 +207,8 @@ def quick_cp(words: list[str]) -> dict | None:
     docopt imports `re`, ~6 ms of a ~25 ms small cp; a loop of them in bash
     feels it. Anything else (--help, a typo, a usage error) returns None and
     goes to docopt, which answers as for every other command."""
-    args = {"cp": True, "--recursive": False, "--conf": None, "SRC": None, "DST": None}
+    args = {"cp": True, "--recursive": False, "--conf": None, "--endpoint-url": None,
+            "SRC": None, "DST": None}
     paths = []
     words = iter(words)
     for word in words:
