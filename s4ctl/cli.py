@@ -44,12 +44,13 @@ CONF_OPTION = """\
 
 DOCS = {
     "cp": """\
-Usage: s4ctl cp [-r] [-c PATH] [--] SRC DST
+Usage: s4ctl cp [-r] [-c PATH] [--endpoint-url URL] [--] SRC DST
 
 Copy data to or from s4. Each of SRC and DST is an s4://bucket/key url, a
-local path, or a dash for stdin (as SRC) or stdout (as DST). One side must
-be s4:// and the other local: there is no move. -- ends the options (a
-local file named -1: s4ctl cp -- -1 s4://b/k).
+local path, a dash for stdin (as SRC) or stdout (as DST), or an
+s3://bucket/key url. One side must be s4:// and the other local or s3://:
+there is no move. -- ends the options (a local file named -1:
+s4ctl cp -- -1 s4://b/k).
 
   cp file s4://b/dir/k     stores s4://b/dir/k
   cp file s4://b/dir/      stores s4://b/dir/file
@@ -75,8 +76,23 @@ names that would be both a key and a directory, existing keys, special
 files, dangling symlinks, unreadable files) and refuses it whole, in one
 line, if any fails.
 
+S3 in and out, with the same path rules: each node copies its own keys
+straight from or to S3, all nodes at once; no byte passes through s4ctl.
+
+  cp s3://src/data/a.csv s4://b/in/    imports s4://b/in/a.csv
+  cp -r s3://src/data/ s4://b/in/      imports data/sub/x as s4://b/in/sub/x
+  cp s4://b/out/results s3://dst/r/    exports s3://dst/r/results
+  cp -r s4://b/out/ s3://dst/r/        exports every key under s4://b/out/
+
+The nodes use their own AWS credentials (environment, ~/.aws, instance
+role); none are sent. An existing s4 key, a missing object or bucket, or an
+object that changes while it is copied fails the copy with one line naming
+it; keys and objects already copied stay, nothing half-made does.
+
 Options:
-  -r, --recursive  copy a directory tree
+  -r, --recursive     copy a directory tree
+  --endpoint-url URL  the S3 endpoint the nodes use (default: each node's
+                      $AWS_ENDPOINT_URL_S3, else $AWS_ENDPOINT_URL, else AWS)
 """ + CONF_OPTION,
     "ls": """\
 Usage: s4ctl ls [-r] [-c PATH] [--] [PREFIX]
@@ -275,7 +291,8 @@ def quick_cp(words: list[str]) -> dict | None:
     feels it. Anything else (--help, a typo, a usage error) returns None and
     goes to docopt, which answers as for every other command. As for docopt,
     `--` ends the options only before the paths."""
-    args = {"cp": True, "--recursive": False, "--conf": None, "--": False, "SRC": None, "DST": None}
+    args = {"cp": True, "--recursive": False, "--conf": None, "--": False,
+            "--endpoint-url": None, "SRC": None, "DST": None}
     paths = []
     words = iter(words)
     for word in words:
@@ -303,6 +320,8 @@ def _is_s4(path: str) -> bool:
 
 def cmd_cp(args: dict, conf_path) -> int:
     src, dst = args["SRC"], args["DST"]
+    if _is_s3(src) or _is_s3(dst):
+        return _s3_cp(args, conf_path)
     if _is_s4(src) and _is_s4(dst):
         raise UsageError("there is no move: copy s4:// to local or local to s4://")
     if not _is_s4(src) and not _is_s4(dst):
@@ -655,6 +674,58 @@ def _s4_clashes(client, base: str, new: list[str]) -> list[str]:
                 break
             parent = parent.rpartition("/")[0]
     return problems
+
+
+# --- S3 in and out ------------------------------------------------------------------
+def _is_s3(path: str) -> bool:
+    return path.startswith("s3://")
+
+
+def _split_s3(url: str) -> tuple[str, str]:
+    """`s3://bucket/some/key` -> ("bucket", "some/key"); the key may be empty."""
+    bucket, _, obj = url[len("s3://"):].partition("/")
+    if not bucket:
+        raise UsageError(f"no bucket in {url}")
+    return bucket, obj
+
+
+def _s3_cp(args: dict, conf_path) -> int:
+    """Import (s3:// -> s4://) or export (s4:// -> s3://): the nodes do the copying;
+    here only the names are worked out, progress shown and the summary printed."""
+    from s4d import keys
+    src, dst = args["SRC"], args["DST"]
+    importing = _is_s3(src)
+    if not (_is_s4(dst) if importing else _is_s4(src)):
+        raise UsageError("an s3:// url pairs with an s4:// url: s4ctl copies between S3 and s4 "
+                         "(for S3 and local files, use aws s3 cp)")
+    bucket, obj = _split_s3(src if importing else dst)
+    path = keys.strip_scheme(dst if importing else src)
+    if args["--recursive"]:  # both sides are directories: the tree keeps its relative names
+        path = path.rstrip("/") + "/"
+        obj = obj.rstrip("/") + "/" if obj.strip("/") else ""
+    elif importing:
+        if not obj or obj.endswith("/"):
+            raise UsageError(f"{src} is a directory (use -r)")
+        if path.endswith("/") or "/" not in path:
+            path = path.rstrip("/") + "/" + obj.rsplit("/", 1)[-1]
+    else:
+        if path.endswith("/"):
+            raise UsageError(f"{src} is a directory (use -r)")
+        if not obj or obj.endswith("/"):
+            obj += keys.basename(path)
+    client = _client(args, conf_path)
+    label = "import" if importing else "export"
+    progress = _Progress(label)
+    try:
+        result = getattr(client, "s3_" + label)(path, bucket, obj, args["--recursive"],
+                                                args.get("--endpoint-url"), on_progress=progress)
+    finally:
+        if progress.tty:
+            sys.stderr.write("\r\033[K")
+    if result["total"] == 0:
+        raise UsageError(f"no {'objects' if importing else 'keys'} under {src}")
+    progress.summary(result, len(client.nodes))
+    return 0
 
 
 # --- ls, rm, eval ---------------------------------------------------------------------

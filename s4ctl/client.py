@@ -496,13 +496,53 @@ class Client:
         Each request carries this client's node list and the node's place in it:
         a node whose conf orders the nodes otherwise refuses the map, rather than
         mapping keys that placement sends elsewhere."""
-        names = [node_name(node) for node in self.nodes]
         request = {"op": op, "indir": indir, "outdir": outdir, "cmd": cmd, "timeout": timeout,
-                   "nodes": names}
-        figures = {node: {"done": 0, "total": 0, "bytes": 0} for node in self.nodes}
-        counted: set[Node] = set()
-        conns: dict[Node, Conn] = {}
+                   "nodes": [node_name(node) for node in self.nodes]}
+        return self._everywhere(request, self.nodes, on_progress)
+
+    # --- S3 in and out: every node moves its own keys (s4d/s3.py) ----------------------
+    def s3_import(self, key: str, bucket: str, obj: str, recursive: bool = False,
+                  endpoint: str | None = None, on_progress=None) -> dict:
+        """Copy S3 object `obj` of `bucket` to the s4 key `key`, or with recursive every
+        object under the prefix `obj` to the same relative name under the s4 directory
+        `key` (ends in '/'). The nodes list and fetch; nothing passes through here."""
+        return self._s3("s3_import", key, bucket, obj, recursive, endpoint, on_progress)
+
+    def s3_export(self, key: str, bucket: str, obj: str, recursive: bool = False,
+                  endpoint: str | None = None, on_progress=None) -> dict:
+        """Copy the s4 key `key` to S3 object `obj` of `bucket`, or with recursive every
+        key under the s4 directory `key` (ends in '/') to the same relative name under
+        the prefix `obj`. Each node uploads its own keys."""
+        return self._s3("s3_export", key, bucket, obj, recursive, endpoint, on_progress)
+
+    def _s3(self, op: str, key: str, bucket: str, obj: str, recursive: bool,
+            endpoint: str | None, on_progress) -> dict:
+        if recursive:
+            keys.check_prefix(key)
+            nodes = self.nodes
+        else:
+            keys.check_key(key)
+            nodes = [self.node_for(key)]
+        request = {"op": op, "key": key, "bucket": bucket, "object": obj, "recursive": recursive,
+                   "endpoint": endpoint}
+        return self._everywhere(request, nodes, on_progress)
+
+    def _everywhere(self, request: dict, nodes: list[Node], on_progress=None) -> dict:
+        """Send request to every one of nodes at once and follow their progress frames,
+        as a map does: on_progress(done, total, bytes) once every node has reported
+        its total, then as figures arrive; the first
+        failure closes the other connections, which cancels their work, and is raised."""
         import threading
+        figures = {node: {"done": 0, "total": 0, "bytes": 0} for node in nodes}
+        counted: set[Node] = set()  # nodes whose total is known
+        conns: dict[Node, Conn] = {}
+        try:
+            for node in nodes:
+                conns[node] = Conn(node)
+        except S4Error:
+            for conn in conns.values():
+                conn.close()
+            raise
         failed = threading.Event()
         lock = threading.Lock()
 
@@ -511,7 +551,7 @@ class Client:
                 figures[node] = figs
                 if final or figs["total"]:
                     counted.add(node)
-                if on_progress and len(counted) == len(self.nodes):
+                if on_progress and len(counted) == len(nodes):
                     on_progress(*(sum(f[k] for f in figures.values()) for k in ("done", "total", "bytes")))
 
         def run(node: Node) -> dict:
@@ -525,20 +565,20 @@ class Client:
                     elif msg.get("ok"):
                         report(node, {k: msg[k] for k in ("done", "total", "bytes")}, True)
                         return msg
-            except S4Error:
+            except S4Error as e:
                 if failed.is_set():  # cancelled because another node failed first
                     return {}
                 failed.set()
                 for other in conns.values():
                     if other is not conn:
                         _shut(other)
+                if isinstance(e, (Unavailable, Timeout)) and conn.name not in e.message:
+                    raise type(e)(f"{conn.name}: {e.message}") from None
                 raise
             finally:
                 conn.close()
 
-        for node in self.nodes:
-            conns[node] = Conn(node)
-        self.fanout(run)
+        self.fanout(run, nodes)
         return {k: sum(f[k] for f in figures.values()) for k in ("done", "total", "bytes")}
 
 

@@ -78,3 +78,21 @@ def default_io_jobs() -> int:
 
 def default_cpu_jobs() -> int:
     return (os.cpu_count() or 1) + 2
+
+# --- S3 in and out (s4d/s3.py) ------------------------------------------------
+# Objects over the threshold move as parts of S3_PART_BYTES: ranged GETs in, a
+# multipart upload out (S3 wants parts of 5 MiB or more but the last). 16 MiB,
+# not the aws CLI's 8: against the local S3 server an export of 16 MiB objects
+# ran ~2x faster as one PUT each than as two parts (bench/RESULTS.md). On every
+# node, S3_OBJECTS_PER_NODE objects move at once and at most S3_PARTS_PER_NODE
+# GETs or PUTs; an export holds what it sends in memory (read once, hashed,
+# sent), so a node holds at most S3_PARTS_PER_NODE x 16 MiB of it; an import
+# writes each read straight to its file. The two sizes can be set by
+# environment (S4_S3_MULTIPART_THRESHOLD_BYTES, S4_S3_PART_BYTES).
+S3_MULTIPART_THRESHOLD_BYTES = int(os.environ.get("S4_S3_MULTIPART_THRESHOLD_BYTES", 16 * 1024 * 1024))
+S3_PART_BYTES = int(os.environ.get("S4_S3_PART_BYTES", 16 * 1024 * 1024))
+S3_OBJECTS_PER_NODE = 8
+S3_PARTS_PER_NODE = 8
+S3_CONNECTIONS_PER_NODE = 16  # the HTTP pool of a node's S3 client (>= the parts in flight)
+S3_READ_BYTES = 1024 * 1024   # one read of a GET's body, written to the file at once
+S3_RETRIES = 5                # the S3 client's own retries of throttled or broken requests

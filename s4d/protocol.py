@@ -42,6 +42,10 @@ _NUMBER = (int, float)
 #   map, map_to_n, map_from_n
 #               -> {"progress": ...}... then {"ok", ...} or an error
 #   health      -> {"ok", figures...}
+#   s3_import, s3_export
+#               -> {"progress": ...}... then {"ok", ...} or an error; "key" is
+#                  the s4 key (or with "recursive" the s4 directory), "bucket"
+#                  and "object" the S3 side; "endpoint" optional (s4d/s3.py)
 _MAP_FIELDS = {"indir": str, "outdir": str, "cmd": str}
 OPS: dict[str, dict[str, type | tuple]] = {
     "put": {"key": str},
@@ -53,8 +57,11 @@ OPS: dict[str, dict[str, type | tuple]] = {
     "map_to_n": _MAP_FIELDS,
     "map_from_n": _MAP_FIELDS,
     "health": {},
+    "s3_import": {"key": str, "bucket": str, "object": str, "recursive": bool},
+    "s3_export": {"key": str, "bucket": str, "object": str, "recursive": bool},
 }
 OPTIONAL_FIELDS: dict[str, type | tuple] = {"timeout": _NUMBER, "glob": str, "verify": bool,
+                                            "endpoint": str,
                                             # maps: the client's conf, to check its node order
                                             "nodes": list, "node_index": int}
 GET_RANGE_FIELDS = ("offset", "length")  # optional on get only: non-negative integers

@@ -335,38 +335,7 @@ class Server:
         self._refuse_other_order(msg)
         for field in ("indir", "outdir"):
             keys.check_prefix(msg[field].rstrip("/") + "/")
-        progress = Progress()
-        outcome: dict = {}
-
-        async def work(cancel_scope: trio.CancelScope) -> None:
-            try:
-                await getattr(self.controller, op)(msg, progress)
-            except S4Error as e:
-                outcome["error"] = e
-            finally:
-                cancel_scope.cancel()
-
-        async def report() -> None:
-            with Idle(self.idle_s, "sending progress") as idle:
-                while True:
-                    await send_frame(sock, {"progress": progress.wire()}, idle)
-                    await trio.sleep(limits.PROGRESS_INTERVAL_S)
-
-        async def watch_client(cancel_scope: trio.CancelScope) -> None:
-            # after a map request the client only listens: readable means gone
-            await trio.lowlevel.wait_readable(sock)
-            outcome["error"] = Unavailable(f"client went away; {op} cancelled on {self.name}")
-            cancel_scope.cancel()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(work, nursery.cancel_scope)
-            nursery.start_soon(report)
-            nursery.start_soon(watch_client, nursery.cancel_scope)
-        if "error" in outcome:
-            raise outcome["error"]
-        with Idle(self.idle_s, f"{op} reply") as idle:
-            await send_frame(sock, {"ok": True, **progress.wire()}, idle)
-        return progress.wire()
+        return await self._reporting(op, sock, msg, getattr(self.controller, op))
 
     async def handle_map(self, sock, msg: dict) -> dict:
         return await self._map("map", sock, msg)
@@ -393,6 +362,54 @@ class Server:
         with Idle(self.idle_s, "health reply") as idle:
             await send_frame(sock, figures, idle)
         return {}
+
+    # --- S3 in and out (s4d/s3.py; boto3 is imported on the first of these) -------------
+    async def handle_s3_import(self, sock, msg: dict) -> dict:
+        return await self._reporting("s3_import", sock, msg, self._s3().s3_import)
+
+    async def handle_s3_export(self, sock, msg: dict) -> dict:
+        return await self._reporting("s3_export", sock, msg, self._s3().s3_export)
+
+    def _s3(self):
+        if getattr(self, "s3", None) is None:
+            from s4d.s3 import S3
+            self.s3 = S3(self.storage, self.nodes, self.self_index, self.idle_s)
+        return self.s3
+
+    async def _reporting(self, op: str, sock, msg: dict, work) -> dict:
+        """await work(msg, progress) while progress frames go out (the maps, the S3
+        copies); the client going away cancels it. Ends with {"ok", done, total, bytes}."""
+        progress = Progress()
+        outcome: dict = {}
+
+        async def run(cancel_scope: trio.CancelScope) -> None:
+            try:
+                await work(msg, progress)
+            except S4Error as e:
+                outcome["error"] = e
+            finally:
+                cancel_scope.cancel()
+
+        async def report() -> None:
+            with Idle(self.idle_s, "sending progress") as idle:
+                while True:
+                    await send_frame(sock, {"progress": progress.wire()}, idle)
+                    await trio.sleep(limits.PROGRESS_INTERVAL_S)
+
+        async def watch_client(cancel_scope: trio.CancelScope) -> None:
+            await trio.lowlevel.wait_readable(sock)  # the client only listens: readable means gone
+            outcome["error"] = Unavailable(f"client went away; {op} cancelled on {self.name}")
+            cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run, nursery.cancel_scope)
+            nursery.start_soon(report)
+            nursery.start_soon(watch_client, nursery.cancel_scope)
+        if "error" in outcome:
+            raise outcome["error"]
+        with Idle(self.idle_s, f"{op} reply") as idle:
+            await send_frame(sock, {"ok": True, **progress.wire()}, idle)
+        return progress.wire()
 
     # --- node to node ------------------------------------------------------------------
     async def push(self, node: int, key: str, path: str, digest: str, size: int) -> None:

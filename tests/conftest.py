@@ -45,3 +45,6 @@ def shared(tmp_path_factory) -> Cluster:
 def b() -> str:
     """A fresh bucket name for one test."""
     return "b" + uuid.uuid4().hex[:10]
+
+
+from tests.s3server import aws_env, s3  # noqa: E402,F401  (session fixtures: a local S3 API server)

@@ -264,3 +264,56 @@ def test_three_hosts_run_the_whole_pipeline_and_keep_each_key_on_its_host(hosts)
     health = hosts.s4ctl("health")
     for address in hosts.addresses:
         assert f"{address}:{PORT}" in health.stdout, health.stdout
+
+
+S3_PORT = 5000
+SEED_S3 = """
+import sys, boto3
+s3 = boto3.client("s3", endpoint_url=sys.argv[1])
+s3.create_bucket(Bucket="src")
+for name in sys.argv[2:]:
+    s3.put_object(Bucket="src", Key="in/" + name, Body=(name + "\\n").encode() * 1000)
+"""
+
+
+def test_each_host_moves_its_own_keys_straight_to_and_from_s3(aws_env, hosts):
+    """A local S3 API server (moto_server) on the bridge, in the client's namespace:
+    its access log shows by source address that every object's GETs (import) and
+    PUTs (export) came from the host that owns the key, none from the client."""
+    from tests.s3server import S3Server
+    server = S3Server(hosts.root / "moto.log", host=CLIENT_ADDRESS, port=S3_PORT,
+                      prefix=("ip", "netns", "exec", hosts.client_ns))
+    try:
+        deadline = time.monotonic() + 30
+        while "Running on" not in _log_text(server):
+            assert server.proc.poll() is None and time.monotonic() < deadline, _log_text(server)
+            time.sleep(0.05)
+        names = [f"{i:03d}_obj" for i in range(7)] + ["alpha.csv", "beta.csv", "gamma.csv"]
+        _run("ip", "netns", "exec", hosts.client_ns, sys.executable, "-c", SEED_S3,
+             server.endpoint, *names)
+        ep = ("--endpoint-url", server.endpoint)
+        hosts.s4ctl("cp", "-r", *ep, "s3://src/in/", "s4://b/in/")
+        hosts.s4ctl("cp", "-r", *ep, "s4://b/in/", "s3://src/out/")
+
+        from s4d import placement
+        seen: dict[tuple[str, str], set[str]] = {}
+        for address, method, path, status in server.requests():
+            _, _, rest = path.partition("/src/")
+            name = rest.split("?")[0]
+            if name.startswith(("in/", "out/")) and method in ("GET", "PUT", "POST", "HEAD"):
+                if name.startswith("in/") and method == "PUT":
+                    continue  # the seeding, from the client's namespace
+                seen.setdefault((name, method), set()).add(address)
+        for name in names:
+            owner = hosts.addresses[placement.node_index(f"b/in/{name}", HOSTS)]
+            assert seen.get((f"in/{name}", "GET")) == {owner}, (name, seen)
+            assert seen.get((f"out/{name}", "PUT")) == {owner}, (name, seen)
+            assert hosts.key_file(hosts.addresses.index(owner), f"s4://b/in/{name}").read_bytes() \
+                == (name + "\n").encode() * 1000
+        assert not any(CLIENT_ADDRESS in a for (n, m), a in seen.items()), seen
+    finally:
+        server.stop()
+
+
+def _log_text(server) -> str:
+    return server.log.read_text(errors="replace") if server.log.exists() else ""
