@@ -10,9 +10,9 @@ Every request is one frame whose "op" names it; the reply is one or more
 frames, with a stream between them where the op carries data (see OPS).
 This module owns the encodings, the size caps (checked before anything is
 allocated) and the shape of each request; it owns no sockets and imports
-nothing heavy, so the client pays nothing for it and tests need no network.
+nothing but json, so the client pays little for it and tests need no network.
 """
-import _json
+import json
 
 from s4d import limits
 from s4d.errors import BadRequest, ProtocolError
@@ -53,38 +53,29 @@ OPTIONAL_FIELDS: dict[str, type | tuple] = {"timeout": _NUMBER, "glob": str, "ve
 PUT_TRAILER = {"xxh3": str, "size": int}
 
 
-# JSON through the json package's own C core. `import json` costs ~6 ms (it
-# imports `re`), a fifth of a small cp; these two objects are what json.dumps
-# and json.loads call for a frame, configured as they configure them.
+# JSON by the standard library's json, strict both ways: no NaN or Infinity
+# is sent (allow_nan=False) or accepted (parse_constant refuses them), so
+# every frame is plain JSON any peer can read. Its C encoder and scanner do
+# the work. (Measured against the alternatives, bench/RESULTS.md: orjson and
+# msgspec each import in far longer than json's ~6 ms, which is mostly `re`.)
 def _not_json(value):
     raise TypeError(f"{type(value).__name__} cannot go in a frame")
 
 
-class _LoadsSettings:  # the attributes _json.make_scanner reads from a json.JSONDecoder
-    strict = True
-    object_hook = object_pairs_hook = None
-    parse_float, parse_int = float, int
-    parse_constant = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}.__getitem__
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
 
 
-_dumps = _json.make_encoder(None, _not_json, _json.encode_basestring_ascii, None, ":", ",",
-                            False, False, True)
-_scan = _json.make_scanner(_LoadsSettings)
-
-
-def _loads(text: str):
-    try:
-        value, end = _scan(text, 0)
-        if end == len(text):
-            return value
-    except Exception:  # the C scanner reports errors through json.decoder, not imported here
-        pass
-    import json  # not a bare JSON value: json.loads says why (or takes the whitespace around it)
-    return json.loads(text)
+_encoder = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"),
+                            default=_not_json)
+_decoder = json.JSONDecoder(parse_constant=_no_constant)
 
 
 def encode(msg: dict) -> bytes:
-    body = "".join(_dumps(msg, 0)).encode()
+    try:
+        body = _encoder.encode(msg).encode()
+    except ValueError:  # allow_nan=False
+        raise BadRequest("a frame cannot hold NaN or Infinity (not JSON)") from None
     if len(body) > limits.FRAME_MAX_BYTES:
         raise BadRequest(f"frame of {len(body)} bytes exceeds {limits.FRAME_MAX_BYTES}")
     return len(body).to_bytes(FRAME_HEADER_BYTES, "big") + body
@@ -101,7 +92,7 @@ def decode_frame_header(header: bytes) -> int:
 
 def decode_frame_body(body: bytes) -> dict:
     try:
-        msg = _loads(body.decode())
+        msg = _decoder.decode(body.decode())
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ProtocolError(f"frame is not UTF-8 JSON: {e}") from None
     if not isinstance(msg, dict):

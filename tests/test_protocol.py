@@ -91,3 +91,17 @@ def test_encode_refuses_a_frame_over_the_cap():
     with pytest.raises(BadRequest):
         protocol.encode({"x": "a" * (limits.FRAME_MAX_BYTES + 1)})
     assert json.loads(protocol.encode({"a": 1})[4:]) == {"a": 1}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_frame_never_carries_nan_or_infinity_either_way(value):
+    with pytest.raises(BadRequest):
+        protocol.encode({"timeout": value})
+    body = json.dumps({"timeout": value}).encode()  # what a lax peer would send
+    with pytest.raises(ProtocolError):
+        protocol.decode_frame_body(body)
+
+
+def test_the_codec_calls_no_private_module_of_the_standard_library():
+    source = open(protocol.__file__).read()
+    assert "import _json" not in source and "_json." not in source
