@@ -455,7 +455,7 @@ def test_clients_of_a_busy_node_retry_with_backoff_then_fail_with_a_busy_error_w
                                   stderr=subprocess.PIPE, env=env) for i in range(3)]
         procs.append(subprocess.Popen([S4CTL, "cp", "s4://b/stored", "-"], stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, env=env))
-        bound = 3 + limits.BUSY_WAIT_S + limits.CLIENT_BACKOFF_MAX_S + MARGIN_S
+        bound = 3 + limits.BUSY_WAIT_S + limits.BACKOFF_MAX_S + MARGIN_S
         for p in procs:
             out, err = p.communicate(timeout=bound + 30)  # a hang fails here, not forever
             line = one_line_error(subprocess.CompletedProcess(p.args, p.returncode, out, err))
