@@ -11,7 +11,9 @@ itself in the conf by its own addresses and --port.
 
 `s4d local` starts a whole cluster of N daemons on 127.0.0.1 for trying s4,
 tests and benchmarks: it writes DIR/s4.conf, prints how to point s4ctl at it,
-and stops the daemons on Ctrl-C.
+and stops the daemons on Ctrl-C. If one daemon dies, it says which (and its
+log) and the others keep serving; it then exits 1 when stopped, or at once
+when no daemon is left. One `s4d local` per DIR.
 
 Options:
   -c, --conf PATH        cluster conf: one host:port per line. Default: $S4_CONF_PATH,

@@ -6,8 +6,8 @@ Layout under --data-dir:
                              holds the checksum taken when it was written
     _tmp/                    temp files and command dirs of work in flight
 
-    _lock                    flock'd by the daemon that serves this dir (its pid
-                             inside): a second daemon on the same dir exits at once
+The daemon holds an flock on the data dir itself (s4d.dirlock): a second
+daemon on the same dir exits at once, naming the first one's pid.
 
 Buckets never start with `_`, so nothing of the daemon's own can show up as,
 or collide with, a key. A key appears by `os.link` of a finished, verified
@@ -15,14 +15,13 @@ temp file that already carries its checksum: atomic, and it cannot
 overwrite, so of two racing puts exactly one wins. Publish and delete run
 without an await in between their steps, so no other task of this daemon
 sees a half-made directory; `rm -r` (`delete_prefix`) unlinks files from
-threads, but makes and removes directories only on the event loop too. Paths come from validated
-keys and are checked again here: a symlink planted in the data dir is never
-followed.
+threads, but makes and removes directories only on the event loop too.
+Paths come from validated keys and are checked again here: a symlink
+planted in the data dir is never followed.
 """
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import shutil
 import stat
@@ -30,13 +29,12 @@ import uuid
 
 import trio
 
-from s4d import keys
+from s4d import dirlock, keys
 from s4d.config import DaemonConfig
 from s4d.errors import BadKey, Exists, NoSpace, NotFound
 
 XATTR = "user.s4.xxh3"
 TMP = "_tmp"
-LOCK = "_lock"
 
 
 class Storage:
@@ -339,20 +337,14 @@ class Storage:
 
 
 def _lock(root: str) -> int:
-    """flock root/_lock for this process's life, its pid inside; a second daemon
-    on the same data dir exits at once naming the first (whose sweep would
-    otherwise delete this one's temp files, and the other way round)."""
-    path = os.path.join(root, LOCK)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    """Lock the data dir for this daemon's life: a second daemon on the same dir
+    exits at once naming the first (whose sweep would otherwise delete this
+    one's temp files, and the other way round)."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise SystemExit(f"s4d: the data dir {root} is in use by another s4d (pid {holder})") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+        return dirlock.lock(root)
+    except dirlock.Held as e:
+        raise SystemExit(f"s4d: the data dir {root} is in use by another s4d "
+                         f"(pid {e.pid or 'unknown'})") from None
 
 
 def _raise_no_space(e: OSError) -> None:
