@@ -252,10 +252,38 @@ def cmd_cp(args: dict, conf_path) -> int:
     return 0
 
 
+def _remove_stale_temps(parent: str, name: str) -> None:
+    """Remove the temp files `.NAME.s4tmp.PID.N` that a download of NAME into
+    parent left when it was killed (PID no longer runs); one still running is
+    left alone."""
+    stem = f".{name[:200]}.s4tmp."
+    try:
+        found = [n for n in os.listdir(parent) if n.startswith(stem)]
+    except OSError:
+        return
+    for temp in found:
+        pid = temp[len(stem):].split(".", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive (or not ours to signal): it may be downloading now
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        try:
+            os.unlink(os.path.join(parent, temp))
+        except OSError:
+            pass
+
+
 def _download(client, key: str, dst: str) -> int:
-    """Get key into dst via a temp file beside it: a failed check leaves nothing."""
+    """Get key into dst via a temp file beside it: a failed check leaves nothing,
+    and temps that killed downloads of dst left are removed first."""
     parent = os.path.dirname(dst) or "."
     os.makedirs(parent, exist_ok=True)
+    _remove_stale_temps(parent, os.path.basename(dst))
     # the name is cut so that a 255-byte basename (a legal key) still leaves room for the suffix
     temp = os.path.join(parent, f".{os.path.basename(dst)[:200]}.s4tmp.{os.getpid()}.{id(key)}")
     fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)  # RDWR: hashed by mmap
