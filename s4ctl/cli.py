@@ -53,7 +53,9 @@ be s4:// and the other local: there is no move.
 
 Keys are immutable: to replace one, rm it first. Every byte is checked with
 xxh3 end to end; a download that fails the check leaves no file behind, and
-to stdout the node checks the key before it sends a byte.
+to stdout the node checks the key before it sends a byte. A download to a
+file lands in .NAME.s4tmp.PID.N beside it first; one that a killed s4ctl
+left is removed by the next download of NAME into that directory.
 
 Options:
   -r, --recursive  copy a directory tree
@@ -75,8 +77,9 @@ Options:
 Usage: s4ctl rm [-r] [-c PATH] PREFIX
 
 Delete one key, or with -r every key starting with PREFIX (s4://b/step
-deletes s4://b/step1/... and s4://b/step2/...; s4://step deletes every
-bucket starting with "step"). Deleting one key that does not exist fails;
+deletes s4://b/step1/... and s4://b/step2/...). A bucket name is matched
+whole: s4://logs deletes the bucket logs, never logs-2024. `ls -r PREFIX`
+lists exactly what `rm -r PREFIX` deletes. Deleting one key that does not exist fails;
 a recursive delete that matches nothing succeeds and prints nothing.
 
 Options:

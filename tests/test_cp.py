@@ -1,4 +1,4 @@
-"""`s4ctl cp` in every form of DESIGN.md, black box, against a real 3-node cluster.
+"""`s4ctl cp` in every form the README documents, black box, against a real 3-node cluster.
 
 One cluster serves the whole module; every test works in its own bucket and
 its own local directory, so tests cannot see each other's keys.

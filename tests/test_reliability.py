@@ -7,7 +7,7 @@ the keys on disk and as read back, the temp dir, exit codes, the one-line
 error on stderr, and how long the fault took to clear. The bounds are
 generous: other suites run beside these on two cores.
 
-The contract under test (DESIGN.md, "Faults"): a key is either complete and
+The contract under test (README "How" and docs/reliability.md): a key is either complete and
 verified or absent; a client that dies or stalls frees its slot after a
 timeout and leaves no key and no temp file; a full disk, a busy node, a dead
 node each give a clear one-line error and a non-zero exit, never a hang.
