@@ -1,12 +1,16 @@
 """The daemon's trio glue: accept, read a request, dispatch to handle_<op>.
 
 Each connection carries requests one after another. A handler raises an
-S4Error for anything that goes wrong; `_serve_connection` turns it into an
-error frame (the one place that happens), lets the peer read it, and
-closes the connection. Any other exception is a bug: it is logged with its
-traceback and the peer gets an "internal" error; the daemon keeps serving.
+S4Error for anything that goes wrong; `_serve_request` turns it into an
+error frame (the one place that happens, `_as_error`), lets the peer read
+it, and closes the connection. What a handler's nursery raises arrives as
+an ExceptionGroup: it is opened there too, once for every handler. An
+OSError is typed by its errno (no_space, not_found, io_failed); anything
+else is a bug: logged with its traceback, and the peer gets an "internal"
+error; the daemon keeps serving. The batched delete of `rm -r` is
+Storage's (`delete_prefix`); every figure comes from the DaemonConfig.
 Every wait on a peer sits in an `Idle` scope. Transfers take an io slot,
-commands a cpu slot; a request that cannot get a slot in BUSY_WAIT_S is
+commands a cpu slot; a request that cannot get a slot in busy_wait_s is
 answered "busy" and the client retries.
 """
 from __future__ import annotations
@@ -177,7 +181,7 @@ class Server:
 
     @asynccontextmanager
     async def io_slot(self):
-        """Hold one of --max-io-jobs slots; waiting longer than BUSY_WAIT_S -> Busy."""
+        """Hold one of --max-io-jobs slots; waiting longer than busy_wait_s -> Busy."""
         with trio.move_on_after(self.config.busy_wait_s) as waiting:
             await self.io.acquire()
         if waiting.cancelled_caught:

@@ -274,7 +274,7 @@ def test_cp_arguments_parsed_by_hand_mean_what_docopt_says(words):
     from s4ctl.cli import DOCS, quick_cp
     quick = quick_cp(words)
     try:
-        full = docopt(DOCS["cp"], argv=["cp", *words], help=False)  # help=False: --help is a usage error
+        full = docopt(DOCS["cp"], argv=["cp", *words], default_help=False)  # no help: --help is an option
     except DocoptExit:
         full = None
     if quick is not None:  # a form it takes must mean the same; the rest falls to docopt
