@@ -1,7 +1,9 @@
 """The frame codec: what the public json costs against the private _json calls it replaced.
 
-s4d/protocol.py encodes and decodes every frame with the standard json (its C
-encoder and scanner, strict: no NaN). Until the review fixes it called
+s4d/protocol.py writes and reads flat frames (every request and reply of a
+put or get) by a few lines of its own that give json's exact bytes, and
+every other frame with the standard json (strict: no NaN), imported only
+then, so a small cp never imports json (or `re`). Until the review fixes it called
 CPython's private `_json.make_encoder` / `make_scanner` directly, to spare a
 small `cp` the import of `json` (which imports `re`). This prints, in one
 window:
@@ -9,8 +11,9 @@ window:
 - import: wall ms of `python -c "import X"` for json, _json, and orjson /
   msgspec when installed (not dependencies of s4; `pip install` them to see),
   interleaved, medians;
-- per frame: us to encode + decode a put request and its reply, and a 10,000
-  entry `ls` page, through s4d.protocol and through the old private calls.
+- per frame: us to encode + decode a put request and its reply (flat frames:
+  s4d.protocol's own few lines) and a 10,000 entry `ls` page (json), through
+  s4d.protocol and through the old private calls.
 
 Usage: python bench/codec.py [--reps N]
 """
@@ -71,7 +74,7 @@ def per_frame(reps: int) -> None:
     }
     for name, msgs in frames.items():
         n = max(1, reps * 200 // (len(str(msgs)) // 100 + 1))
-        for label, enc, dec in (("public json (now)", lambda m: protocol.encode(m)[4:],
+        for label, enc, dec in (("s4d.protocol (now)", lambda m: protocol.encode(m)[4:],
                                  protocol.decode_frame_body),
                                 ("private _json (before)", enc_old, dec_old)):
             start = time.perf_counter()
