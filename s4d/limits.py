@@ -17,6 +17,7 @@ LOCAL_NODES_DEFAULT = 3  # `s4d local`
 LOCAL_START_TIMEOUT_S = 30.0  # a local daemon must listen by then (generous: loaded CI machines)
 LOCAL_STOP_TIMEOUT_S = 10.0   # SIGTERMed, it stops within its grace period; then it is killed
 LOCAL_POLL_S = 0.2            # `s4d local` looks for dead daemons this often
+LOCAL_PORT_MEMORY_S = 600.0   # a port handed out for a local daemon is not handed out again this long
 DEFAULT_NODE = ("127.0.0.1", PORT_DEFAULT)  # the cluster when no conf exists
 
 # --- wire -------------------------------------------------------------------

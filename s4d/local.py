@@ -27,19 +27,50 @@ from pathlib import Path
 
 from s4d import dirlock, limits
 
-_given: set[int] = set()
+_given: list[str] = []  # "port time" lines this process handed out (if the file cannot be kept)
 
 
 def free_port() -> int:
-    """A port nothing listens on, never one this process handed out before (the
-    kernel can give the same free port twice before anyone binds it)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _given:
-            _given.add(port)
-            return port
+    """A port nothing listens on and that no process on this machine was handed by
+    this function in the last LOCAL_PORT_MEMORY_S. The kernel can hand the same
+    free port to two processes before either daemon binds it (parallel test
+    workers did: a client then reached the other cluster's daemon), so the ports
+    given out are kept in a small file in the temp dir, under an flock."""
+    import fcntl
+    path = os.path.join(tempfile.gettempdir(), "s4-ports-given")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    except OSError:  # another user's file: remember this process's ports only
+        fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        now = time.time()
+        given = {}
+        for line in [*os.pread(fd, 1 << 20, 0).decode(errors="replace").splitlines(), *_given]:
+            port, _, when = line.partition(" ")
+            if port.isdigit() and _recent(when, now):
+                given[int(port)] = when
+        while True:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if port not in given:
+                break
+        given[port] = f"{now:.0f}"
+        _given.append(f"{port} {now:.0f}")
+        text = "".join(f"{p} {w}\n" for p, w in given.items()).encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, text, 0)
+        return port
+    finally:
+        os.close(fd)
+
+
+def _recent(when: str, now: float) -> bool:
+    try:
+        return now - float(when) < limits.LOCAL_PORT_MEMORY_S
+    except ValueError:
+        return False
 
 
 def wait_port(port: int, host: str = "127.0.0.1", timeout: float = limits.LOCAL_START_TIMEOUT_S,
