@@ -9,7 +9,8 @@ repeat), each side's own s4ctl against its own cluster. Nothing else differs:
 same interpreter, venv, files, ports range, machine.
 
 Measured (medians):
-- small: 1 KiB `cp` put and get, wall ms per op;
+- small: 1 KiB `cp` put and get, wall ms per op, and the s4ctl process's own
+  CPU (user + sys, from getrusage of children; steadier than wall under load);
 - big: 1 GiB put, get to a new file, get to stdout > /dev/null (MB/s), and
   the daemons' peak RSS over those transfers (VmHWM, reset between sides);
 - map: per-key wall of a map `cat` over N tiny keys (ms/key), and the
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -58,15 +60,26 @@ def step_small(cl: dict, r: Report, work: Path, n: int) -> None:
     out = work / "small-out"
     out.mkdir(exist_ok=True)
     t = {(s, op): [] for s in cl for op in ("put", "get")}
+    cpu = {(s, op): [] for s in cl for op in ("put", "get")}  # the client's own CPU: steadier under load
+
+    def run(s: str, op: str, *args) -> None:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t[s, op].append(cl[s].timed(*args))
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu[s, op].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+
     for i in range(n):
         for s in order(i):
-            t[s, "put"].append(cl[s].timed("cp", src, f"s4://ab/small/f{i:04d}"))
-            t[s, "get"].append(cl[s].timed("cp", f"s4://ab/small/f{i:04d}", f"{out}/"))
+            run(s, "put", "cp", src, f"s4://ab/small/f{i:04d}")
+            run(s, "get", "cp", f"s4://ab/small/f{i:04d}", f"{out}/")
     for op in ("put", "get"):
         a, b = (median(t[s, op]) * 1000 for s in ("A", "B"))
         r.add("small", f"1 KiB cp {op}, median wall: A", a, "ms", f"min {min(t['A', op]) * 1000:.1f}")
         r.add("small", f"1 KiB cp {op}, median wall: B", b, "ms",
               f"min {min(t['B', op]) * 1000:.1f}; B-A {b - a:+.1f} ms")
+        a, b = (sum(cpu[s, op]) / len(cpu[s, op]) * 1000 for s in ("A", "B"))
+        r.add("small", f"1 KiB cp {op}, s4ctl's CPU (user+sys), mean: A", a, "ms")
+        r.add("small", f"1 KiB cp {op}, s4ctl's CPU (user+sys), mean: B", b, "ms", f"B-A {b - a:+.1f} ms")
     for c in cl.values():
         c.s4ctl("rm", "-r", "s4://ab/small/")
     rmtree(out)
@@ -184,6 +197,10 @@ def main() -> int:
     loads = {"start": os.getloadavg()[0]}
     try:
         commit = export(a.old, work / "old")
+        # side B's bytecode up to date too: with PYTHONDONTWRITEBYTECODE set, a module edited
+        # since the last compile is compiled again at every s4ctl start (~ms a module)
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "s4d"), str(REPO / "s4ctl")],
+                       check=True)
         report.extra["A"] = f"{a.old} ({commit}), s4d/ + s4ctl/ via git archive"
         report.extra["B"] = f"working tree: {code.info}"
         report.add("ab", "A = " + report.extra["A"], None, "-")

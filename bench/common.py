@@ -2,7 +2,8 @@
 
 Nothing here measures anything by itself. `Cluster` starts N real `s4d`
 processes on loopback ports (the installed ones, from this interpreter's
-bin dir) with their data under one directory; `s4ctl()` runs the installed
+bin dir) with their data under one directory, by s4d.local's LocalCluster
+(the one implementation `s4d local` and the tests use too); `s4ctl()` runs the installed
 `s4ctl` against it, so every figure includes what a user pays: interpreter
 start, imports, connect, transfer, verify. Timings are wall clock
 (`time.perf_counter`) around whole commands; figures are medians of repeats.
@@ -16,13 +17,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+from s4d.local import LocalCluster, free_port, wait_port  # noqa: F401 (bench scripts use them)
 
 BIN = Path(sys.executable).parent
 S4D = str(BIN / "s4d")
@@ -32,75 +34,26 @@ MiB = 1024 * KiB
 GiB = 1024 * MiB
 
 
-_given: set[int] = set()
-
-
-def free_port() -> int:
-    """A port nothing listens on, never one this process handed out before (the
-    kernel can give the same free port twice before anyone binds it)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _given:
-            _given.add(port)
-            return port
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no s4d listening on 127.0.0.1:{port} after {timeout:g}s")
-            time.sleep(0.02)
-
-
-class Cluster:
-    """N `s4d` daemons on 127.0.0.1, data and logs under root/."""
+class Cluster(LocalCluster):
+    """N `s4d` daemons on 127.0.0.1, data and logs under root/ (s4d.local's
+    LocalCluster, as `s4d local` and the tests start them), as a context manager."""
 
     def __init__(self, root: Path, nodes: int = 3, log_level: str = "warning", code: str | None = None):
         """code: a directory holding other s4d/ and s4ctl/ packages to run instead of
         the installed ones (put first on PYTHONPATH for the daemons and s4ctl)."""
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.ports = [free_port() for _ in range(nodes)]
-        self.conf = self.root / "s4.conf"
-        self.conf.write_text("".join(f"127.0.0.1:{p}\n" for p in self.ports))
-        self.data = [self.root / f"node{i}" for i in range(nodes)]
-        self.env = {**os.environ, "S4_CONF_PATH": str(self.conf),
-                    "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+        self.env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
         if code:
             self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [code, os.environ.get("PYTHONPATH")]))
-        self.procs: list[subprocess.Popen] = []
-        self.log_level = log_level
+        super().__init__(root, nodes, ("--log-level", log_level), command=[S4D], env=self.env)
+        self.env["S4_CONF_PATH"] = str(self.conf)
+        self.data = self.data_dirs
 
     def __enter__(self) -> "Cluster":
-        for i, port in enumerate(self.ports):
-            log = open(self.root / f"node{i}.log", "ab")
-            self.procs.append(subprocess.Popen(
-                [S4D, "--conf", str(self.conf), "--port", str(port), "--data-dir", str(self.data[i]),
-                 "--log-level", self.log_level],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env))
-        for port in self.ports:
-            wait_port(port)
+        self.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        for p in self.procs:
-            p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.procs]
+        self.stop(timeout=15)
 
     def s4ctl(self, *args, stdout=subprocess.DEVNULL, check: bool = True) -> subprocess.CompletedProcess:
         r = subprocess.run([S4CTL, *map(str, args)], env=self.env, stdout=stdout,

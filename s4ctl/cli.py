@@ -63,7 +63,9 @@ s4ctl cp -- -1 s4://b/k).
 
 Keys are immutable: to replace one, rm it first. Every byte is checked with
 xxh3 end to end; a download that fails the check leaves no file behind, and
-to stdout the node checks the key before it sends a byte.
+to stdout the node checks the key before it sends a byte. A download to a
+file lands in .NAME.s4tmp.PID.N beside it first; those that a killed
+s4ctl left are removed by the next download into that directory.
 
 Special files, as cp treats them: a local SRC that is not a regular file (a
 FIFO, /dev/stdin, <(cmd), a /proc file) is read as a stream, like a dash. A
@@ -414,6 +416,37 @@ def _remove_temps() -> None:
             pass
 
 
+_swept_dirs: set[str] = set()  # directories whose stale download temps are gone
+
+
+def _remove_stale_temps(parent: str) -> None:
+    """Once per directory: remove the temp files `.NAME.s4tmp.PID.N` that
+    downloads into it left when they were killed (PID no longer runs); one
+    whose process still runs is left alone."""
+    if parent in _swept_dirs:
+        return
+    _swept_dirs.add(parent)
+    try:
+        found = [n for n in os.listdir(parent) if n.startswith(".") and ".s4tmp." in n]
+    except OSError:
+        return
+    for temp in found:
+        pid = temp.rpartition(".s4tmp.")[2].split(".", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive (or not ours to signal): it may be downloading now
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        try:
+            os.unlink(os.path.join(parent, temp))
+        except OSError:
+            pass
+
+
 def _download(client, key: str, dst: str) -> int:
     """Get key into the local path dst, as cp writes a destination: a symlink is
     followed; a device, FIFO or socket there is written in place (never replaced;
@@ -445,6 +478,7 @@ def _replace(client, key: str, dst: str) -> int:
         _temps_lock = allocate_lock()
     # cut in bytes, not characters: a 255-byte basename (a legal key) still leaves room for the suffix
     name = os.fsdecode(os.fsencode(os.path.basename(dst))[:limits.TEMP_NAME_KEEP_BYTES])
+    _remove_stale_temps(os.path.dirname(dst) or ".")
     temp = os.path.join(os.path.dirname(dst), f".{name}.s4tmp.{os.getpid()}.{id(key)}")
     with _temps_lock:  # registered before it exists: a signal may stop us at any bytecode
         if _temps is None:

@@ -231,11 +231,11 @@ class Client:
     def _call(self, node: Node, request: dict, body=None):
         """Send request, await the first reply, run body(conn, reply) if given.
 
-        Retries a busy node with backoff, and a reused connection that turns out
-        to be dead before its first reply. The connection is kept for the next
-        call only if everything succeeded."""
-        backoff = limits.CLIENT_BACKOFF_FIRST_S
-        deadline = time.monotonic() + limits.CLIENT_BUSY_TIMEOUT_S
+        Retries a busy node with backoff and jitter (s4d.retry), and a reused
+        connection that turns out to be dead before its first reply. The
+        connection is kept for the next call only if everything succeeded."""
+        waits = None  # made at the first "busy": a call that never waits never pays for it
+        deadline = 0.0
         while True:
             conn, reused = self._conn(node)
             try:
@@ -250,10 +250,13 @@ class Client:
                 result = body(conn, reply) if body else reply
             except Busy as e:
                 conn.close()
-                if time.monotonic() > deadline:
+                if waits is None:
+                    from s4d import retry
+                    waits = retry.delays()
+                    deadline = time.monotonic() + limits.CLIENT_BUSY_TIMEOUT_S
+                elif time.monotonic() > deadline:
                     raise Busy(f"{e.message}; gave up after {limits.CLIENT_BUSY_TIMEOUT_S:g}s of retries") from None
-                time.sleep(backoff)
-                backoff = min(backoff * 2, limits.CLIENT_BACKOFF_MAX_S)
+                time.sleep(next(waits))
                 continue
             except BaseException:
                 conn.close()

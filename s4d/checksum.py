@@ -87,7 +87,8 @@ class Trailing:
     """Hash fd while it is written, a window behind the writer.
 
     `advance(n)` says n bytes have landed; `finish(total)` hashes what is left
-    and returns the digest; `abort()` stops early. A file that stays under one
+    and returns the digest; `abort()` stops early. Both return only once the
+thread no longer touches fd, so the caller may close it right after. A file that stays under one
     window never starts a thread: it is hashed inline at `finish`. fd is
     written from offset 0 and must be readable.
 
@@ -149,7 +150,12 @@ class Trailing:
         return self._h.hexdigest()
 
     def abort(self) -> None:
+        """Stop hashing and wait for the thread to be done with fd: the caller
+        closes fd next, and a thread still reading would read whatever file
+        reuses that fd number (another transfer's). Waits for at most the
+        window being hashed."""
         if self._thread is not None:
             with self._cond:
                 self._total = 0
                 self._cond.notify()
+            self._thread.join()

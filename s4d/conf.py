@@ -73,18 +73,30 @@ def own_addresses() -> set[str]:
     return addrs
 
 
-def resolve(host: str) -> set[str]:
+def resolve(host: str) -> list[str]:
+    """The host's TCP addresses in getaddrinfo's order (the system's preference), once each."""
     import socket
     try:
-        return {info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except socket.gaierror:
-        return set()
+        return []
+    return list(dict.fromkeys(info[4][0] for info in infos))
 
 
-def find_self(nodes: list[Node], port: int) -> int:
-    """Index of this host's entry: its address is one of ours and its port is `port`."""
+def find_self(nodes: list[Node], port: int) -> tuple[int, str | None]:
+    """(index of this host's entry, address to bind): the entry's port is `port`
+    and one of its addresses is ours. The bind address is the first of the
+    entry's addresses (in the resolver's order) that is ours: the same one on
+    every start, the one peers reach when they resolve the conf's name. A
+    wildcard entry (0.0.0.0, ::) binds every address (None)."""
     mine = own_addresses()
-    matches = [i for i, (host, p) in enumerate(nodes) if p == port and resolve(host) & mine]
+    matches = []
+    for i, (host, p) in enumerate(nodes):
+        if p != port:
+            continue
+        ours = [a for a in resolve(host) if a in mine]
+        if ours:
+            matches.append((i, None if host in ("0.0.0.0", "::") else ours[0]))
     if len(matches) != 1:
         listed = ", ".join(f"{h}:{p}" for h, p in nodes)
         what = "none" if not matches else "more than one"

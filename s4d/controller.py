@@ -26,6 +26,7 @@ from typing import Awaitable, Callable
 import trio
 
 from s4d import keys, limits, placement
+from s4d.config import DaemonConfig
 from s4d.errors import ChecksumMismatch, CommandFailed, NoSpace, S4Error, Timeout
 from s4d.storage import Storage
 from s4d.transfer import hash_file_async
@@ -104,13 +105,14 @@ async def run_pool(items: list, fn: Callable[[object], Awaitable[None]], width: 
 
 
 class Controller:
-    def __init__(self, storage: Storage, nodes: list, self_index: int, max_cpu_jobs: int,
-                 cmd_timeout_s: float, push: Push):
+    def __init__(self, storage: Storage, nodes: list, self_index: int, config: DaemonConfig,
+                 push: Push):
         self.storage = storage
         self.nodes = nodes
         self.self_index = self_index
-        self.limiter = trio.CapacityLimiter(max_cpu_jobs)
-        self.cmd_timeout_s = cmd_timeout_s
+        self.config = config
+        self.limiter = trio.CapacityLimiter(config.max_cpu_jobs)
+        self.cmd_timeout_s = config.cmd_timeout_s
         self.push = push
         self.name = "%s:%d" % nodes[self_index]
         self.env = dict(os.environ)  # the commands' environment, plus $filename

@@ -65,13 +65,20 @@ class ProtocolError(S4Error):
     code = "protocol"
 
 
+class IOFailed(S4Error):
+    """The node's file system refused an operation (permission, I/O error): not
+    the request's fault and not a bug; the message names the node and why."""
+
+    code = "io_failed"
+
+
 class Internal(S4Error):
     code = "internal"
 
 
 BY_CODE = {cls.code: cls for cls in (
     BadRequest, BadKey, NotFound, Exists, Busy, NoSpace, ChecksumMismatch,
-    Timeout, CommandFailed, Unavailable, ProtocolError, Internal)}
+    Timeout, CommandFailed, Unavailable, ProtocolError, IOFailed, Internal)}
 
 
 def to_wire(exc: S4Error) -> dict:

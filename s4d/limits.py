@@ -1,13 +1,23 @@
 """Every size, timeout and pool default of s4, in one place, units in the names.
 
-The daemon's per-run knobs (idle timeout, job slots, command timeout) have
-command-line flags; these constants are their defaults. The client reads two
-environment overrides here and nowhere else, so scripts and tests can shorten
-its waits without new flags on every subcommand.
+The daemon reads none of its per-run knobs from here directly: `s4d.config`
+builds one frozen `DaemonConfig` from these defaults and the command line,
+and the daemon's parts take their figures from it. The wire caps (frame,
+chunk, key sizes) are the protocol's own and are read here by client and
+daemon alike. The client reads two environment overrides here and nowhere
+else, so scripts and tests can shorten its waits without new flags on every
+subcommand; the daemon never reads them.
 """
 import os
 
 PORT_DEFAULT = 8080
+DATA_DIR_DEFAULT = "./s4_data"
+LOG_LEVEL_DEFAULT = "info"
+LOCAL_NODES_DEFAULT = 3  # `s4d local`
+LOCAL_START_TIMEOUT_S = 30.0  # a local daemon must listen by then (generous: loaded CI machines)
+LOCAL_STOP_TIMEOUT_S = 10.0   # SIGTERMed, it stops within its grace period; then it is killed
+LOCAL_POLL_S = 0.2            # `s4d local` looks for dead daemons this often
+LOCAL_PORT_MEMORY_S = 600.0   # a port handed out for a local daemon is not handed out again this long
 DEFAULT_NODE = ("127.0.0.1", PORT_DEFAULT)  # the cluster when no conf exists
 
 # --- wire -------------------------------------------------------------------
@@ -44,12 +54,19 @@ CONNECT_TIMEOUT_S = 5.0
 ACCEPT_BACKOFF_S = 0.1        # accept() failed (out of fds): wait this long, then accept again
 HEALTH_TIMEOUT_S = 2.0
 
+# Daemon to daemon (map outputs pushed to their node): how long to keep
+# retrying a busy peer. The daemon's own figure, never the client's override.
+PUSH_BUSY_TIMEOUT_S = 60.0
+
 # Client: how long to keep retrying a busy node, and how long to wait for a
 # silent node. S4_BUSY_TIMEOUT_S / S4_IDLE_TIMEOUT_S override them.
 CLIENT_BUSY_TIMEOUT_S = float(os.environ.get("S4_BUSY_TIMEOUT_S", 60.0))
 CLIENT_IDLE_TIMEOUT_S = float(os.environ.get("S4_IDLE_TIMEOUT_S", 60.0))
-CLIENT_BACKOFF_FIRST_S = 0.05
-CLIENT_BACKOFF_MAX_S = 1.0
+# Backoff between retries of a busy node (client and daemon, s4d.retry): the
+# n-th wait is drawn between half and all of min(FIRST * 2**n, MAX), so many
+# retriers spread out instead of knocking again in lockstep.
+BACKOFF_FIRST_S = 0.05
+BACKOFF_MAX_S = 1.0
 CLIENT_PARALLEL_TRANSFERS = 8  # cp -r: transfers in flight at once
 # A download's temp file is `.<name>.s4tmp.<pid>.<n>` beside its destination:
 # the name is cut to this many bytes so a 255-byte basename still fits.

@@ -10,10 +10,9 @@ Every request is one frame whose "op" names it; the reply is one or more
 frames, with a stream between them where the op carries data (see OPS).
 This module owns the encodings, the size caps (checked before anything is
 allocated) and the shape of each request; it owns no sockets and imports
-nothing heavy, so the client pays nothing for it and tests need no network.
+nothing heavy (json only for frames that are not flat), so the client pays
+nothing for it and tests need no network.
 """
-import _json
-
 from s4d import limits
 from s4d.errors import BadRequest, ProtocolError
 
@@ -68,38 +67,125 @@ GET_RANGE_FIELDS = ("offset", "length")  # optional on get only: non-negative in
 PUT_TRAILER = {"xxh3": str, "size": int}
 
 
-# JSON through the json package's own C core. `import json` costs ~6 ms (it
-# imports `re`), a fifth of a small cp; these two objects are what json.dumps
-# and json.loads call for a frame, configured as they configure them.
-def _not_json(value):
-    raise TypeError(f"{type(value).__name__} cannot go in a frame")
+# JSON by the standard library's json, strict both ways: no NaN or Infinity
+# is sent (allow_nan=False) or accepted (parse_constant refuses them), so
+# every frame is plain JSON any peer can read; its C encoder and scanner do
+# the work. orjson and msgspec were measured too: each imports far slower
+# here than json (bench/codec.py).
+#
+# But `import json` imports `re` (and enum, functools, collections): ~6 ms
+# on a quiet machine, a fifth of a small cp, which sends two flat frames and
+# reads two. So a flat frame, an object of plain ASCII strings, integers,
+# booleans and nulls (every request and reply of a put or a get), is written
+# and read by the few lines below, which give exactly json's bytes and
+# json's result (tests/test_protocol.py checks both against json, over
+# generated frames and garbage); anything else, and anything they are not
+# sure of, goes to json, imported then.
+_codec: list = []
 
 
-class _LoadsSettings:  # the attributes _json.make_scanner reads from a json.JSONDecoder
-    strict = True
-    object_hook = object_pairs_hook = None
-    parse_float, parse_int = float, int
-    parse_constant = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}.__getitem__
+def _json():
+    """(encoder, decoder) of the json package, made at the first frame that needs them."""
+    if not _codec:
+        import json
+
+        def not_json(value):
+            raise TypeError(f"{type(value).__name__} cannot go in a frame")
+
+        def no_constant(name: str):
+            raise ValueError(f"{name} is not JSON")
+
+        _codec.append(json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"),
+                                       default=not_json))
+        _codec.append(json.JSONDecoder(parse_constant=no_constant))
+    return _codec
 
 
-_dumps = _json.make_encoder(None, _not_json, _json.encode_basestring_ascii, None, ":", ",",
-                            False, False, True)
-_scan = _json.make_scanner(_LoadsSettings)
+def _plain(text: str) -> bool:
+    """A string json writes as itself between quotes (ensure_ascii: nothing to escape)."""
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
 
 
-def _loads(text: str):
-    try:
-        value, end = _scan(text, 0)
-        if end == len(text):
-            return value
-    except Exception:  # the C scanner reports errors through json.decoder, not imported here
-        pass
-    import json  # not a bare JSON value: json.loads says why (or takes the whitespace around it)
-    return json.loads(text)
+def _encode_flat(msg: dict) -> str | None:
+    """msg as json.dumps(msg, separators=(",", ":")) writes it, if it is flat; else None."""
+    parts = []
+    for k, v in msg.items():
+        if type(k) is not str or not _plain(k):
+            return None
+        t = type(v)
+        if t is str and _plain(v):
+            parts.append(f'"{k}":"{v}"')
+        elif t is int:  # int, not bool (a subclass): json writes int's repr
+            parts.append(f'"{k}":{v!r}')
+        elif t is bool:
+            parts.append(f'"{k}":true' if v else f'"{k}":false')
+        elif v is None:
+            parts.append(f'"{k}":null')
+        else:
+            return None
+    return "{" + ",".join(parts) + "}"
+
+
+def _decode_flat(text: str) -> dict | None:
+    """json.loads(text) if text is a flat object written without whitespace or
+    escapes (as _encode_flat and json with these separators write it); else None.
+    Never accepts what json refuses."""
+    if len(text) < 2 or text[0] != "{" or text[-1] != "}" or "\\" in text:
+        return None
+    out: dict = {}
+    i, end = 1, len(text) - 1
+    if i == end:
+        return out
+    while True:
+        if text[i] != '"':
+            return None
+        j = text.find('"', i + 1)
+        if j < 0 or text[j + 1:j + 2] != ":":
+            return None
+        key = text[i + 1:j]
+        if not key.isprintable():  # a control character: json refuses it (strict)
+            return None
+        i = j + 2
+        if text[i:i + 1] == '"':
+            j = text.find('"', i + 1)
+            if j < 0:
+                return None
+            value = text[i + 1:j]
+            if not value.isprintable():  # a control character: json refuses it (strict)
+                return None
+            i = j + 1
+        else:
+            j = i
+            while j < end and text[j] not in ",}":
+                j += 1
+            word = text[i:j]
+            if word in _CONSTANTS:
+                value = _CONSTANTS[word]
+            else:
+                digits = word[1:] if word[:1] == "-" else word
+                if not (digits.isascii() and digits.isdigit()) or (digits[0] == "0" and len(digits) > 1):
+                    return None
+                value = int(word)
+            i = j
+        out[key] = value
+        if i == end:
+            return out
+        if text[i] != ",":
+            return None
+        i += 1
+
+
+_CONSTANTS = {"true": True, "false": False, "null": None}
 
 
 def encode(msg: dict) -> bytes:
-    body = "".join(_dumps(msg, 0)).encode()
+    text = _encode_flat(msg)
+    if text is None:
+        try:
+            text = _json()[0].encode(msg)
+        except ValueError:  # allow_nan=False
+            raise BadRequest("a frame cannot hold NaN or Infinity (not JSON)") from None
+    body = text.encode()
     if len(body) > limits.FRAME_MAX_BYTES:
         raise BadRequest(f"frame of {len(body)} bytes exceeds {limits.FRAME_MAX_BYTES}")
     return len(body).to_bytes(FRAME_HEADER_BYTES, "big") + body
@@ -116,7 +202,10 @@ def decode_frame_header(header: bytes) -> int:
 
 def decode_frame_body(body: bytes) -> dict:
     try:
-        msg = _loads(body.decode())
+        text = body.decode()
+        msg = _decode_flat(text)
+        if msg is None:
+            msg = _json()[1].decode(text)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ProtocolError(f"frame is not UTF-8 JSON: {e}") from None
     if not isinstance(msg, dict):

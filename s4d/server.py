@@ -1,18 +1,24 @@
 """The daemon's trio glue: accept, read a request, dispatch to handle_<op>.
 
 Each connection carries requests one after another. A handler raises an
-S4Error for anything that goes wrong; `_serve_connection` turns it into an
-error frame (the one place that happens), lets the peer read it, and
-closes the connection. Any other exception is a bug: it is logged with its
-traceback and the peer gets an "internal" error; the daemon keeps serving.
+S4Error for anything that goes wrong; `_serve_request` turns it into an
+error frame (the one place that happens, `_as_error`), lets the peer read
+it, and closes the connection. What a handler's nursery raises arrives as
+an ExceptionGroup: it is opened there too, once for every handler. An
+OSError is typed by its errno (no_space, not_found, io_failed); anything
+else is a bug: logged with its traceback, and the peer gets an "internal"
+error; the daemon keeps serving. The batched delete of `rm -r` is
+Storage's (`delete_prefix`); every figure comes from the DaemonConfig.
 Every wait on a peer sits in an `Idle` scope. Transfers take an io slot,
-commands a cpu slot; a request that cannot get a slot in BUSY_WAIT_S is
+commands a cpu slot; a request that cannot get a slot in busy_wait_s is
 answered "busy" and the client retries.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
 import socket
 import time
 from contextlib import asynccontextmanager
@@ -20,8 +26,9 @@ from contextlib import asynccontextmanager
 import trio
 
 from s4d import __version__, checksum, errors, keys, limits, placement, protocol
-from s4d.controller import Controller, Progress
-from s4d.errors import (BadRequest, Busy, ChecksumMismatch, NoSpace, ProtocolError,
+from s4d.config import DaemonConfig
+from s4d.controller import Controller, Progress, glob_regex, split_glob
+from s4d.errors import (BadRequest, Busy, ChecksumMismatch, NoSpace, NotFound, ProtocolError,
                         S4Error, Unavailable)
 from s4d.storage import Storage
 from s4d.transfer import (HASHING, Idle, recv_frame, recv_stream_to_file, send_all, send_frame,
@@ -31,16 +38,15 @@ log = logging.getLogger("s4d")
 
 
 class Server:
-    def __init__(self, nodes: list, self_index: int, data_dir: str, *, max_io_jobs: int,
-                 max_cpu_jobs: int, idle_timeout_s: float, cmd_timeout_s: float):
+    def __init__(self, nodes: list, self_index: int, config: DaemonConfig):
         self.nodes = nodes
         self.self_index = self_index
+        self.config = config
         self.name = "%s:%d" % nodes[self_index]
-        self.storage = Storage(data_dir)
-        self.io = trio.CapacityLimiter(max_io_jobs)
-        self.idle_s = idle_timeout_s
-        self.controller = Controller(self.storage, nodes, self_index, max_cpu_jobs,
-                                     cmd_timeout_s, self.push)
+        self.storage = Storage(config.data_dir, config)
+        self.io = trio.CapacityLimiter(config.max_io_jobs)
+        self.idle_s = config.idle_timeout_s
+        self.controller = Controller(self.storage, nodes, self_index, config, self.push)
         self.started = time.time()
         self._accepting = trio.CancelScope()
         self._sweeping = trio.CancelScope()
@@ -61,7 +67,7 @@ class Server:
             # stop(): no new connections; in-flight work gets a grace period
             for listener in listeners:
                 await listener.aclose()
-            connections.cancel_scope.deadline = trio.current_time() + limits.STOP_GRACE_S
+            connections.cancel_scope.deadline = trio.current_time() + self.config.stop_grace_s
             self._sweeping.cancel()
 
     def stop(self) -> None:
@@ -73,14 +79,14 @@ class Server:
                 stream = await listener.accept()
             except OSError as e:  # EMFILE and friends: back off, keep serving
                 log.warning("accept failed: %s", e)
-                await trio.sleep(limits.ACCEPT_BACKOFF_S)
+                await trio.sleep(self.config.accept_backoff_s)
                 continue
             connections.start_soon(self._serve_connection, stream)
 
     async def _sweep_forever(self) -> None:
         with self._sweeping:
             while True:
-                await trio.sleep(limits.SWEEP_INTERVAL_S)
+                await trio.sleep(self.config.sweep_interval_s)
                 removed = self.storage.sweep()
                 if removed:
                     log.info("swept %d orphaned temp files", removed)
@@ -122,16 +128,38 @@ class Server:
         try:
             op = protocol.check_request(msg)
             result = await getattr(self, f"handle_{op}")(sock, msg) or {}
-        except S4Error as e:
-            self._log(op, target, peer, started, e.code, {"error": e.message})
-            await self._reply_error(sock, e)
-            return False
-        except Exception as e:  # a bug: log it, answer, keep the daemon up
-            log.exception("internal error in %s %s from %s", op, target, peer)
-            await self._reply_error(sock, errors.Internal(f"internal error on {self.name}: {e!r}"))
+        except Exception as e:  # a cancel (and a group holding one) goes on up: not an answer
+            error = self._as_error(e, op, target, peer)
+            self._log(op, target, peer, started, error.code, {"error": error.message})
+            await self._reply_error(sock, error)
             return False
         self._log(op, target, peer, started, "ok", result)
         return True
+
+    def _as_error(self, e: Exception, op, target: str, peer: str) -> S4Error:
+        """What a handler raised, as the one error its peer is sent.
+
+        A handler that starts a nursery raises whatever its tasks raised in an
+        ExceptionGroup: the group is opened here, once for every handler, and its
+        first S4Error stands for it (else its first exception). An OSError the
+        handler did not expect still has a meaning a user can act on (a full
+        disk, a file gone meanwhile, a permission): it gets its own code and
+        one line. Anything else is a bug: logged with its traceback, `internal`."""
+        leaf = _first_leaf(e)
+        if isinstance(leaf, S4Error):
+            return leaf
+        what = f"{op} {keys.url(target)}" if target else str(op)
+        if isinstance(leaf, OSError):
+            log.warning("%s from %s failed: %r", what, peer, leaf)
+            reason = leaf.strerror or str(leaf)
+            if leaf.errno in (errno.ENOSPC, errno.EDQUOT):
+                return NoSpace(f"no space left on {self.name} for {what}")
+            if leaf.errno in (errno.ENOENT, errno.ENOTDIR):
+                return NotFound(f"{what} on {self.name}: a file went away meanwhile ({reason}); "
+                                "was it removed by a concurrent rm?")
+            return errors.IOFailed(f"{what} failed on {self.name}: {reason}")
+        log.error("internal error in %s from %s", what, peer, exc_info=e)
+        return errors.Internal(f"internal error on {self.name}: {leaf!r}")
 
     def _log(self, op, target, peer, started, result, figures: dict) -> None:
         extra = " ".join(f"{k}={v}" for k, v in figures.items())
@@ -141,7 +169,7 @@ class Server:
     async def _reply_error(self, sock, e: S4Error) -> None:
         """Send the error frame, then drain what the peer may still be sending
         (briefly) so the kernel does not reset the connection before it reads it."""
-        with trio.move_on_after(limits.ERROR_DRAIN_S):
+        with trio.move_on_after(self.config.error_drain_s):
             try:
                 with Idle(self.idle_s, "sending an error") as idle:
                     await send_frame(sock, errors.to_wire(e), idle)
@@ -153,8 +181,8 @@ class Server:
 
     @asynccontextmanager
     async def io_slot(self):
-        """Hold one of --max-io-jobs slots; waiting longer than BUSY_WAIT_S -> Busy."""
-        with trio.move_on_after(limits.BUSY_WAIT_S) as waiting:
+        """Hold one of --max-io-jobs slots; waiting longer than busy_wait_s -> Busy."""
+        with trio.move_on_after(self.config.busy_wait_s) as waiting:
             await self.io.acquire()
         if waiting.cancelled_caught:
             raise Busy(f"{self.name} is busy: all {self.io.total_tokens} io slots are in use")
@@ -280,7 +308,7 @@ class Server:
             for name, size, mtime in entries:
                 page.append([name, size, int(mtime)])
                 page_bytes += len(name) + 32
-                if len(page) >= limits.LIST_PAGE_ENTRIES or page_bytes > limits.FRAME_MAX_BYTES // 2:
+                if len(page) >= self.config.list_page_entries or page_bytes > limits.FRAME_MAX_BYTES // 2:
                     await send_frame(sock, {"entries": page}, idle)
                     page, page_bytes = [], 0
             if page:
@@ -296,45 +324,16 @@ class Server:
         else:
             if not keys.check_prefix(prefix):
                 raise BadRequest("refusing to delete every bucket")  # as s4ctl does: rm -r s4://
-            deleted = await self._delete_listed(prefix)
+            deleted = await self.storage.delete_prefix(prefix)
         with Idle(self.idle_s, "rm reply") as idle:
             await send_frame(sock, {"ok": True, "deleted": deleted}, idle)
         return {"deleted": deleted}
-
-    async def _delete_listed(self, prefix: str) -> int:
-        """Delete every key under prefix: batches of one directory's names, unlinked
-        by RM_THREADS threads at once (each unlink of a file on disk may wait for a
-        discard; they overlap), the empty directories pruned once at the end. The
-        event loop stays free; a cancel stops it between batches."""
-        by_dir: dict[str, list[str]] = {}
-        for name, _, _ in await trio.to_thread.run_sync(self.storage.list, prefix, True):
-            d, _, base = name.rpartition("/")
-            by_dir.setdefault(d, []).append(base)
-        batches = [(d, names[i:i + limits.RM_BATCH_KEYS])
-                   for d, names in by_dir.items() for i in range(0, len(names), limits.RM_BATCH_KEYS)]
-        batches.reverse()  # popped from the end: in listing order
-        emptied: set[str] = set()
-        deleted = 0
-
-        async def worker() -> None:
-            nonlocal deleted
-            while batches:
-                d, names = batches.pop()
-                n = await trio.to_thread.run_sync(self.storage.delete_in, d, names)
-                if n:
-                    deleted += n
-                    emptied.add(os.path.join(self.storage.root, d))
-
-        async with trio.open_nursery() as nursery:
-            for _ in range(limits.RM_THREADS):
-                nursery.start_soon(worker)
-        self.storage.prune(emptied)
-        return deleted
 
     async def _map(self, op: str, sock, msg: dict) -> dict:
         self._refuse_other_order(msg)
         for field in ("indir", "outdir"):
             keys.check_prefix(msg[field].rstrip("/") + "/")
+        _check_glob(msg)
         return await self._reporting(op, sock, msg, getattr(self.controller, op))
 
     async def handle_map(self, sock, msg: dict) -> dict:
@@ -394,7 +393,7 @@ class Server:
             with Idle(self.idle_s, "sending progress") as idle:
                 while True:
                     await send_frame(sock, {"progress": progress.wire()}, idle)
-                    await trio.sleep(limits.PROGRESS_INTERVAL_S)
+                    await trio.sleep(self.config.progress_interval_s)
 
         async def watch_client(cancel_scope: trio.CancelScope) -> None:
             await trio.lowlevel.wait_readable(sock)  # the client only listens: readable means gone
@@ -416,8 +415,8 @@ class Server:
         """Put a finished local file as `key` on another node (map outputs)."""
         host, port = self.nodes[node]
         where = f"{host}:{port}"
-        backoff = limits.CLIENT_BACKOFF_FIRST_S
-        deadline = trio.current_time() + limits.CLIENT_BUSY_TIMEOUT_S
+        backoff = self.config.backoff_first_s
+        deadline = trio.current_time() + self.config.push_busy_timeout_s
         while True:
             try:
                 return await self._push_once(host, port, key, path, digest, size)
@@ -427,7 +426,7 @@ class Server:
             except OSError as e:
                 raise Unavailable(f"cannot reach {where} to store {keys.url(key)}: {e.strerror or e}") from None
             await trio.sleep(backoff)
-            backoff = min(backoff * 2, limits.CLIENT_BACKOFF_MAX_S)
+            backoff = min(backoff * 2, self.config.backoff_max_s)
 
     async def _push_once(self, host: str, port: int, key: str, path: str, digest: str, size: int) -> None:
         with Idle(self.idle_s, f"pushing {keys.url(key)} to {host}:{port}") as idle:
@@ -450,6 +449,26 @@ async def _hash_range(fd: int, start: int, end: int) -> str:
     if end - start <= limits.HASH_INLINE_MAX_BYTES:
         return checksum.hash_range(fd, start, end)
     return await trio.to_thread.run_sync(checksum.hash_range, fd, start, end, limiter=HASHING)
+
+
+def _first_leaf(e: BaseException) -> BaseException:
+    """The exception a group stands for: its first S4Error, else its first leaf."""
+    if not isinstance(e, BaseExceptionGroup):
+        return e
+    typed, _ = e.split(S4Error)
+    return _first_leaf((typed or e).exceptions[0])
+
+
+def _check_glob(msg: dict) -> None:
+    """A map's INDIR glob (or its `glob` field) must compile: a bad one is the
+    user's mistake, told in one line, before any work starts."""
+    _, glob = split_glob(msg["indir"])
+    for pattern in (glob, msg.get("glob")):
+        if pattern:
+            try:
+                glob_regex(pattern)
+            except re.error as e:
+                raise BadRequest(f"bad glob {pattern!r} in {keys.url(msg['indir'])}: {e}") from None
 
 
 def _check_reply(reply: dict | None, host: str, port: int) -> dict:

@@ -6,15 +6,18 @@ Layout under --data-dir:
                              holds the checksum taken when it was written
     _tmp/                    temp files and command dirs of work in flight
 
+The daemon holds an flock on the data dir itself (s4d.dirlock): a second
+daemon on the same dir exits at once, naming the first one's pid.
+
 Buckets never start with `_`, so nothing of the daemon's own can show up as,
 or collide with, a key. A key appears by `os.link` of a finished, verified
 temp file that already carries its checksum: atomic, and it cannot
 overwrite, so of two racing puts exactly one wins. Publish and delete run
 without an await in between their steps, so no other task of this daemon
-sees a half-made directory; `rm -r` unlinks files from threads, but makes and
-removes directories only on the event loop too. Paths come from validated
-keys and are checked again here: a symlink planted in the data dir is never
-followed.
+sees a half-made directory; `rm -r` (`delete_prefix`) unlinks files from
+threads, but makes and removes directories only on the event loop too.
+Paths come from validated keys and are checked again here: a symlink
+planted in the data dir is never followed.
 """
 from __future__ import annotations
 
@@ -24,7 +27,10 @@ import shutil
 import stat
 import uuid
 
-from s4d import keys
+import trio
+
+from s4d import dirlock, keys
+from s4d.config import DaemonConfig
 from s4d.errors import BadKey, Exists, NoSpace, NotFound
 
 XATTR = "user.s4.xxh3"
@@ -32,9 +38,11 @@ TMP = "_tmp"
 
 
 class Storage:
-    def __init__(self, root: str):
+    def __init__(self, root: str, config: DaemonConfig | None = None):
+        self.config = config or DaemonConfig(data_dir=root)
         os.makedirs(root, exist_ok=True)
         self.root = os.path.realpath(root)
+        self._lock_fd = _lock(self.root)
         self.tmp = os.path.join(self.root, TMP)
         if os.path.islink(self.tmp):  # planted: temps and the sweep would go through it
             os.unlink(self.tmp)
@@ -164,8 +172,7 @@ class Storage:
                 if not stat.S_ISDIR(os.lstat(d).st_mode):
                     raise _key_in_path(parts, i, key) from None
             except OSError as e:
-                if e.errno == errno.ENOSPC:
-                    raise NoSpace("no space left") from None
+                _raise_no_space(e)
                 raise
         return os.path.join(d, parts[-1])
 
@@ -174,11 +181,10 @@ class Storage:
         parts = keys.check_key(key)
         try:
             os.setxattr(src, XATTR, digest.encode())
+            os.chmod(src, 0o444)
         except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise NoSpace("no space left") from None
+            _raise_no_space(e)
             raise
-        os.chmod(src, 0o444)
         final = self._make_parents(key, parts)
         try:
             os.link(src, final)
@@ -187,6 +193,10 @@ class Storage:
             if os.path.isdir(final):
                 raise _directory_clash(key) from None
             raise Exists(f"key exists (immutable: rm it first): {keys.url(key)}") from None
+        except OSError as e:  # a new directory entry needs a block: ENOSPC here too
+            self._prune(os.path.dirname(final))
+            _raise_no_space(e)
+            raise
         os.unlink(src)
         self._active.discard(src)
 
@@ -201,6 +211,41 @@ class Storage:
             raise NotFound(f"no such key: {keys.url(key)}")
         os.unlink(path)
         self._prune(os.path.dirname(path))
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every key whose wire path starts with prefix (as `list(prefix,
+        recursive=True)` lists them) and return how many went: batches of one
+        directory's names, unlinked by `rm_threads` threads at once (each unlink
+        of a file on disk may wait for a discard; they overlap), the emptied
+        directories pruned once at the end, on the event loop. The event loop
+        stays free; a cancel stops it between batches."""
+        by_dir: dict[str, list[str]] = {}
+        for name, _, _ in await trio.to_thread.run_sync(self.list, prefix, True):
+            d, _, base = name.rpartition("/")
+            by_dir.setdefault(d, []).append(base)
+        step = self.config.rm_batch_keys
+        batches = [(d, names[i:i + step]) for d, names in by_dir.items()
+                   for i in range(0, len(names), step)]
+        batches.reverse()  # popped from the end: in listing order
+        emptied: set[str] = set()
+        deleted = 0
+
+        async def worker() -> None:
+            nonlocal deleted
+            while batches:
+                d, names = batches.pop()
+                n = await trio.to_thread.run_sync(self.delete_in, d, names)
+                if n:
+                    deleted += n
+                    emptied.add(os.path.join(self.root, d))
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(self.config.rm_threads):
+                    nursery.start_soon(worker)
+        finally:
+            self.prune(emptied)  # what was emptied before a failure or cancel too
+        return deleted
 
     def delete_in(self, rel: str, names: list[str]) -> int:
         """Unlink the files `names` (from a listing) of the key directory `rel`
@@ -278,20 +323,29 @@ class Storage:
         return [e for e in entries if e.name.startswith(partial) and not (top and e.name.startswith("_"))]
 
     def list(self, prefix: str, recursive: bool) -> list[tuple[str, int | None, float]]:
-        """Recursive: every key whose wire path starts with prefix (full paths).
-        Otherwise: the entries of prefix's directory whose names start with its
-        last component; directories as `name/` with size None."""
+        """Recursive: every key whose wire path starts with prefix (full paths);
+        a bucket name is matched whole (`logs` is the bucket logs, never
+        logs-2024), a partial name inside a bucket by prefix (`b/step` holds
+        `b/step1/x` and `b/step2/y`). Otherwise: the entries of prefix's
+        directory whose names start with its last component; directories as
+        `name/` with size None. An entry removed while it is being listed (a
+        concurrent rm) is simply not listed."""
+        if recursive and prefix and "/" not in prefix:
+            prefix += "/"
         d, rel, partial = self._dir_of(prefix)
         out = []
         for e in self._children(d, partial, top=not rel):
-            if e.is_dir(follow_symlinks=False):
-                if recursive:
-                    out.extend(self._walk(e.path, rel + e.name + "/"))
-                else:
-                    out.append((e.name + "/", None, e.stat(follow_symlinks=False).st_mtime))
-            elif e.is_file(follow_symlinks=False) and rel:
-                st = e.stat(follow_symlinks=False)
-                out.append((rel + e.name if recursive else e.name, st.st_size, st.st_mtime))
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    if recursive:
+                        out.extend(self._walk(e.path, rel + e.name + "/"))
+                    else:
+                        out.append((e.name + "/", None, e.stat(follow_symlinks=False).st_mtime))
+                elif e.is_file(follow_symlinks=False) and rel:
+                    st = e.stat(follow_symlinks=False)
+                    out.append((rel + e.name if recursive else e.name, st.st_size, st.st_mtime))
+            except FileNotFoundError:
+                continue
         return out
 
     def keys_under(self, indir: str) -> list[tuple[str, int]]:
@@ -309,6 +363,23 @@ class Storage:
                     count += 1
                     size += n
         return count, size
+
+
+def _lock(root: str) -> int:
+    """Lock the data dir for this daemon's life: a second daemon on the same dir
+    exits at once naming the first (whose sweep would otherwise delete this
+    one's temp files, and the other way round)."""
+    try:
+        return dirlock.lock(root)
+    except dirlock.Held as e:
+        raise SystemExit(f"s4d: the data dir {root} is in use by another s4d "
+                         f"(pid {e.pid or 'unknown'})") from None
+
+
+def _raise_no_space(e: OSError) -> None:
+    """Raise NoSpace for a full disk or quota (the caller names node and key)."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise NoSpace("no space left") from None
 
 
 def _key_in_path(parts: list[str], i: int, key: str) -> BadKey:

@@ -1,51 +1,27 @@
 """A real s4 cluster for black-box tests: N `s4d` processes on loopback.
 
-Each node is the installed `s4d` in its own process with its own data dir;
-`Cluster.s4ctl(...)` runs the installed `s4ctl` against the cluster's conf.
+The daemons are started by s4d.local's LocalCluster (the one implementation
+`s4d local` and bench/ use too), each node the installed `s4d` in its own
+process with its own data dir; `Cluster.s4ctl(...)` runs the installed
+`s4ctl` against the cluster's conf.
 Nothing here is mocked: tests kill, stop and restart real daemons.
 """
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-START_TIMEOUT_S = 30.0  # generous: CI and parallel test runs load this 2-core machine
+from s4d import limits
+from s4d.local import LocalCluster, free_port, wait_port  # noqa: F401 (tests import them from here)
+
+START_TIMEOUT_S = limits.LOCAL_START_TIMEOUT_S
 BIN = Path(sys.executable).parent
 S4D = str(BIN / "s4d")
 S4CTL = str(BIN / "s4ctl")
-
-
-_given: set[int] = set()
-
-
-def free_port() -> int:
-    """A port nothing listens on, never one this process handed out before (the
-    kernel can give the same free port twice before anyone binds it)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _given:
-            _given.add(port)
-            return port
-
-
-def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection((host, port), timeout=0.2).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
-            time.sleep(0.02)
 
 
 def recv_exactly(sock: socket.socket, n: int) -> bytes | None:
@@ -78,61 +54,13 @@ def assert_one_line_error(proc, *needles: str) -> None:
         assert needle in err, err
 
 
-class Cluster:
+class Cluster(LocalCluster):
+    """s4d's own local cluster (s4d.local), run as the installed `s4d`, plus the
+    client side and the inspection the tests need."""
+
     def __init__(self, root: Path, nodes: int = 3, args: tuple[str, ...] = ()):
-        self.root = Path(root)
-        self.args = list(args)
-        self.ports = [free_port() for _ in range(nodes)]
-        self.conf = self.root / "s4.conf"
-        self.conf.write_text("".join(f"127.0.0.1:{p}\n" for p in self.ports))
-        self.data_dirs = [self.root / f"node{i}" for i in range(nodes)]
-        self.procs: list[subprocess.Popen | None] = [None] * nodes
-        self.logs = [self.root / f"node{i}.log" for i in range(nodes)]
+        super().__init__(root, nodes, args, command=[S4D])
         self.env = {**os.environ, "S4_CONF_PATH": str(self.conf)}
-
-    # --- daemons ------------------------------------------------------------
-    def start(self, i: int | None = None, args: tuple[str, ...] = ()) -> None:
-        for j in ([i] if i is not None else range(len(self.ports))):
-            cmd = [S4D, "--conf", str(self.conf), "--port", str(self.ports[j]),
-                   "--data-dir", str(self.data_dirs[j]), *self.args, *args]
-            self.procs[j] = subprocess.Popen(cmd, stdout=open(self.logs[j], "ab"),
-                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        for j in ([i] if i is not None else range(len(self.ports))):
-            try:
-                wait_port(self.ports[j], timeout=START_TIMEOUT_S)
-            except TimeoutError:
-                raise RuntimeError(f"s4d node{j} did not start:\n{self.logs[j].read_text()}")
-
-    def signal(self, i: int, sig: int) -> None:
-        self.procs[i].send_signal(sig)
-
-    def kill(self, i: int) -> None:
-        proc = self.procs[i]
-        proc.kill()
-        proc.wait()
-        self.procs[i] = None
-
-    def stop(self, i: int | None = None, timeout: float = 10.0) -> list[int]:
-        codes = []
-        for j in ([i] if i is not None else range(len(self.procs))):
-            proc = self.procs[j]
-            if proc is None:
-                continue
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                codes.append(proc.wait(timeout))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                codes.append(proc.wait())
-            self.procs[j] = None
-        return codes
-
-    def pid(self, i: int) -> int:
-        return self.procs[i].pid
-
-    def address(self, i: int) -> str:
-        return f"127.0.0.1:{self.ports[i]}"
 
     # --- client -------------------------------------------------------------
     def s4ctl(self, *args: str, input: bytes | str | None = None, check: bool = True,

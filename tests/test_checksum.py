@@ -47,3 +47,17 @@ def test_an_aborted_trailing_hasher_stops_its_thread(tmp_path):
         assert not trailing._thread.is_alive()
     finally:
         os.close(fd)
+
+
+def test_abort_returns_only_once_the_hashing_thread_no_longer_reads_the_fd(tmp_path):
+    """The caller closes the fd right after abort(): a thread still reading it
+    would read whatever file gets that fd number next (another transfer's)."""
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.ftruncate(fd, 8 * W)
+        trailing = checksum.Trailing(fd, mapped=False)
+        trailing.advance(8 * W)  # the thread starts on 8 windows of preads
+        trailing.abort()
+        assert not trailing._thread.is_alive()
+    finally:
+        os.close(fd)

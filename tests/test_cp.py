@@ -1,4 +1,4 @@
-"""`s4ctl cp` in every form of DESIGN.md, black box, against a real 3-node cluster.
+"""`s4ctl cp` in every form the README documents, black box, against a real 3-node cluster.
 
 One cluster serves the whole module; every test works in its own bucket and
 its own local directory, so tests cannot see each other's keys.
@@ -282,7 +282,7 @@ def test_cp_arguments_parsed_by_hand_mean_what_docopt_says(words):
     from s4ctl.cli import DOCS, quick_cp
     quick = quick_cp(words)
     try:
-        full = docopt(DOCS["cp"], argv=["cp", *words], help=False)  # help=False: --help is a usage error
+        full = docopt(DOCS["cp"], argv=["cp", *words], default_help=False)  # no help: --help is an option
     except DocoptExit:
         full = None
     if quick is not None:  # a form it takes must mean the same; the rest falls to docopt

@@ -91,3 +91,51 @@ def test_encode_refuses_a_frame_over_the_cap():
     with pytest.raises(BadRequest):
         protocol.encode({"x": "a" * (limits.FRAME_MAX_BYTES + 1)})
     assert json.loads(protocol.encode({"a": 1})[4:]) == {"a": 1}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_frame_never_carries_nan_or_infinity_either_way(value):
+    with pytest.raises(BadRequest):
+        protocol.encode({"timeout": value})
+    body = json.dumps({"timeout": value}).encode()  # what a lax peer would send
+    with pytest.raises(ProtocolError):
+        protocol.decode_frame_body(body)
+
+
+def test_the_codec_calls_no_private_module_of_the_standard_library():
+    source = open(protocol.__file__).read()
+    assert "import _json" not in source and "_json." not in source
+
+
+# --- the flat-frame path: exactly json's bytes and json's results --------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_flat_values = st.none() | st.booleans() | st.integers(-2**80, 2**80) | st.text(max_size=12)
+_json_values = st.recursive(_flat_values | st.floats(allow_nan=False, allow_infinity=False),
+                            lambda inner: st.lists(inner, max_size=3)
+                            | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=6)
+_PIECES = ['{', '}', '"', ':', ',', '0', '1', '-', 'true', 'null', 'false', 'a', ' ', '\x01',
+           'é', '\\', '"a"', '{"', '":', '01', '1.5', '[]', '\u2028']
+
+
+@given(st.dictionaries(st.text(max_size=8), _flat_values, max_size=6))
+def test_flat_frames_are_written_byte_for_byte_as_json_writes_them(msg):
+    assert protocol.encode(msg)[4:] == json.dumps(msg, separators=(",", ":")).encode()
+    assert protocol.decode_frame_body(protocol.encode(msg)[4:]) == msg
+
+
+@given(st.dictionaries(st.text(max_size=8), _json_values, max_size=5))
+def test_any_json_object_round_trips_and_reads_as_json_reads_it(msg):
+    assert protocol.decode_frame_body(protocol.encode(msg)[4:]) == msg
+    for separators in ((",", ":"), (", ", ": ")):
+        assert protocol.decode_frame_body(json.dumps(msg, separators=separators).encode()) == msg
+
+
+@settings(max_examples=500)
+@given(st.lists(st.sampled_from(_PIECES), max_size=14).map("".join) | st.text(max_size=30))
+def test_the_flat_reader_accepts_nothing_json_refuses_and_reads_what_json_reads(text):
+    fast = protocol._decode_flat(text)
+    if fast is None:
+        return
+    assert repr(json.loads(text)) == repr(fast)  # repr: True == 1, but not as a frame field
