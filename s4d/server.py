@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from s4d import __version__, errors, keys, limits, placement, protocol
+from s4d import __version__, errors, keys, limits, placement, protocol, push
 from s4d.controller import Controller, Progress
 from s4d.errors import (BadRequest, Busy, ChecksumMismatch, NoSpace, NotFound, ProtocolError,
                         S4Error, Unavailable)
@@ -42,6 +42,7 @@ class Server:
         self.controller = Controller(self.storage, nodes, self_index, max_cpu_jobs,
                                      cmd_timeout_s, self.push)
         self.started = time.time()
+        self.pusher = push.Pusher(nodes, idle_timeout_s)
         self._accepting = trio.CancelScope()
         self._sweeping = trio.CancelScope()
 
@@ -350,42 +351,12 @@ class Server:
         return {}
 
     # --- node to node ------------------------------------------------------------------
-    async def push(self, node: int, key: str, path: str, digest: str, size: int) -> None:
-        """Put a finished local file as `key` on another node (map outputs)."""
-        host, port = self.nodes[node]
-        where = f"{host}:{port}"
-        backoff = limits.CLIENT_BACKOFF_FIRST_S
-        deadline = trio.current_time() + limits.CLIENT_BUSY_TIMEOUT_S
-        while True:
-            try:
-                return await self._push_once(host, port, key, path, digest, size)
-            except Busy:
-                if trio.current_time() > deadline:
-                    raise
-            except OSError as e:
-                raise Unavailable(f"cannot reach {where} to store {keys.url(key)}: {e.strerror or e}") from None
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, limits.CLIENT_BACKOFF_MAX_S)
+    async def push(self, node: int, key: str, path: str, digest: str | None, size: int | None) -> None:
+        """Store a finished local file as `key` on another node (map outputs): queued
+        for that node's push stream; returns once it is published there (s4d/push.py)."""
+        await self.pusher.push(node, key, path, digest, size)
 
-    async def _push_once(self, host: str, port: int, key: str, path: str, digest: str, size: int) -> None:
-        with Idle(self.idle_s, f"pushing {keys.url(key)} to {host}:{port}") as idle:
-            sock = trio.socket.socket(trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET)
-            with sock:
-                await sock.connect((host, port))
-                await send_frame(sock, {"op": "put", "key": key}, idle)
-                _check_reply(await recv_frame(sock, idle), host, port)
-                if size:  # a zero-length chunk would end the stream early
-                    with open(path, "rb") as f:
-                        await send_all(sock, protocol.encode_chunk_header(size), idle)
-                        await sendfile(sock, f.fileno(), size, idle)
-                await send_all(sock, protocol.END_OF_STREAM, idle)
-                await send_frame(sock, {"xxh3": digest, "size": size}, idle)
-                _check_reply(await recv_frame(sock, idle), host, port)
-
-
-def _check_reply(reply: dict | None, host: str, port: int) -> dict:
-    if reply is None:
-        raise Unavailable(f"{host}:{port} closed the connection")
-    if "error" in reply:
-        raise errors.from_wire(reply)
-    return reply
+    async def handle_push(self, sock, msg: dict) -> dict:
+        """A stream of another node's map outputs that belong here (s4d/push.py)."""
+        async with self.io_slot():
+            return await push.receive(sock, self.storage, self.nodes, self.self_index, self.idle_s)
