@@ -64,6 +64,8 @@ PUSH_PARALLEL = 4             # map outputs sent to other nodes at once, per map
 
 # --- push: map outputs moved node to node (s4d/push.py) ------------------------
 PUSH_STREAMS_PER_PEER = 1     # push streams open to one peer at once; each is one connection
+PUSH_LINGER_S = 0.2           # a stream with nothing queued or awaited waits this long for more
+                              # entries before it ends (a map's outputs come a command apart)
 PUSH_POOL_PER_PEER = 2        # idle connections kept per peer between streams
 PUSH_POOL_IDLE_S = 10.0       # an idle pooled connection is closed after this long (and before
                               # half the peer's idle timeout, which would close it from its end)

@@ -312,7 +312,9 @@ class PushReader:
                 self._state = "trailer"
             return ("data", piece)
         if self._state == "done":
-            raise ProtocolError("bytes after the end of a push stream")
+            if self.buffered():
+                raise ProtocolError("bytes after the end of a push stream")
+            return None
         msg = self._frame()
         if msg is None:
             return None

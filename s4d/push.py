@@ -6,7 +6,7 @@ stream carries them back to back over one connection: the sender never waits
 for an answer before it sends the next entry, small entries are batched into
 few sends, big ones go by sendfile. A reader task beside the writer takes the
 peer's answers in order and wakes each caller. A stream ends when nothing is
-queued or in flight; its connection goes back to a small pool per peer
+queued or in flight for PUSH_LINGER_S; its connection goes back to a small pool per peer
 (bounded, idle ones closed) for the next stream. Connections are opened with
 trio.open_tcp_stream (the resolver's address families, in order) under
 CONNECT_TIMEOUT_S.
@@ -111,7 +111,7 @@ class _Stream:
 
     def __init__(self) -> None:
         self.inflight: collections.deque[_Entry] = collections.deque()
-        self.answered = False  # any frame came back on this stream
+        self.answered = False  # an entry was answered on this stream
         self.ending = False    # the end frame went out
         self.finished = False  # the end was answered
         self.error: S4Error | None = None        # what broke the stream
@@ -267,7 +267,7 @@ class Pusher:
         while answers are awaited. Fills st; raises nothing but cancellation."""
         sock = conn.socket
         try:
-            with Idle(self.idle_s, f"pushing to {peer.name}") as idle:
+            with Idle(self.idle_s, "the push stream") as idle:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._write, peer, sock, st, idle, nursery.cancel_scope)
                     nursery.start_soon(self._read, peer, sock, st, idle, nursery.cancel_scope)
@@ -291,8 +291,13 @@ class Pusher:
                 if out:
                     await send_all(sock, out, idle)
                     out = bytearray()
-                if not st.inflight:
-                    break
+                if not st.inflight:  # all answered: end, unless more comes soon (a map's next output)
+                    with trio.move_on_after(limits.PUSH_LINGER_S):
+                        while not peer.queue:
+                            await peer.wait_changed()
+                    if not peer.queue:
+                        break
+                    continue
                 await peer.wait_changed()  # more entries, or the last answer
             st.ending = True
             await send_all(sock, protocol.encode_push_end(), idle)
@@ -370,8 +375,8 @@ class Pusher:
                     decoder.feed(data)
                     idle.touch()
                     continue
-                st.answered = True
                 if "key" in frame:
+                    st.answered = True
                     if not st.inflight or frame["key"] != st.inflight[0].key:
                         raise ProtocolError(f"{peer.name} answered for {frame['key']!r} out of order")
                     entry = st.inflight.popleft()
@@ -509,7 +514,7 @@ async def receive(sock, storage: Storage, nodes: list, self_index: int, idle_s: 
                     url = keys.url(key) if isinstance(key, str) else repr(key)
                     refused = None
                     try:
-                        keys.check_key(key)
+                        keys.check_key(key)  # a bad key is a bad key wherever it was sent
                         owner = placement.node_index(key, len(nodes))
                         if owner != self_index:
                             raise BadRequest(f"{url} belongs on {'%s:%d' % nodes[owner]}, not on "
