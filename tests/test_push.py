@@ -15,11 +15,12 @@ import subprocess
 import time
 
 import pytest
+import trio
 import xxhash
 
-from s4d import limits, placement, protocol
-from s4d.errors import BadRequest, ProtocolError
-from tests.cluster import S4CTL, assert_one_line_error, recv_frame
+from s4d import limits, placement, protocol, push
+from s4d.errors import BadRequest, ChecksumMismatch, ProtocolError, Unavailable
+from tests.cluster import S4CTL, assert_one_line_error, free_port, recv_frame
 
 NODES = 3
 
@@ -201,6 +202,52 @@ def test_a_sender_that_dies_in_the_middle_of_an_entry_leaves_no_key_and_no_temp_
     wait_until(lambda: not shared.temp_files(), 10, "the cut entry's temp file to go")
     assert stored(shared, 0, done) == b"whole\n"
     assert stored(shared, 0, cut) is None
+
+
+# --- the sender, in this process, against a real node ------------------------------------
+def pusher_for(cluster) -> push.Pusher:
+    return push.Pusher([("127.0.0.1", p) for p in cluster.ports], limits.IDLE_TIMEOUT_S)
+
+
+async def test_the_pusher_hashes_while_sending_when_given_no_digest_and_reuses_one_connection(
+        shared, b, tmp_path):
+    pusher = pusher_for(shared)
+    small, big = tmp_path / "small", tmp_path / "big"
+    small.write_bytes(b"small\n")
+    big.write_bytes(os.urandom(5 << 20))
+    keys = [f"{b}/p/{i:03d}" for i in (1, 4, 7, 10)]
+    await pusher.push(1, keys[0], str(small), None)
+    await pusher.push(1, keys[1], str(big), None, big.stat().st_size)
+    await trio.sleep(limits.PUSH_LINGER_S + 0.3)  # the stream ended: its connection is pooled
+    assert len(pusher.peers[1].pool) == 1
+    pooled = pusher.peers[1].pool[0][1]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pusher.push, 1, keys[2], str(small), xxhash.xxh3_64_hexdigest(b"small\n"))
+        nursery.start_soon(pusher.push, 1, keys[3], str(big), None)
+    await trio.sleep(limits.PUSH_LINGER_S + 0.3)
+    assert [conn for _, conn in pusher.peers[1].pool] == [pooled]
+    for key, path in zip(keys, (small, big, small, big)):
+        assert stored(shared, 1, key) == path.read_bytes()
+        assert os.getxattr(shared.data_dirs[1] / key, "user.s4.xxh3").decode() == \
+            xxhash.xxh3_64_hexdigest(path.read_bytes())
+
+
+async def test_a_wrong_digest_is_refused_by_the_receiver_naming_key_and_node(shared, b, tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"these bytes\n")
+    with pytest.raises(ChecksumMismatch, match=f"s4://{b}/p/002.*{shared.address(2)}"):
+        await pusher_for(shared).push(2, f"{b}/p/002", str(path),
+                                      xxhash.xxh3_64_hexdigest(b"other bytes\n"))
+    assert stored(shared, 2, f"{b}/p/002") is None
+
+
+async def test_an_unreachable_node_fails_the_push_naming_key_and_node(tmp_path):
+    port = free_port()  # nothing listens there
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    pusher = push.Pusher([("127.0.0.1", port)], limits.IDLE_TIMEOUT_S)
+    with pytest.raises(Unavailable, match=f"cannot reach 127.0.0.1:{port} to store s4://b/k"):
+        await pusher.push(0, "b/k", str(path), None)
 
 
 # --- whole maps ------------------------------------------------------------------------------
