@@ -126,6 +126,7 @@ class Pusher:
         self.idle_s = idle_timeout_s
         # a pooled connection is dropped before the peer's own idle timeout would cut it
         self.pool_idle_s = min(limits.PUSH_POOL_IDLE_S, idle_timeout_s / 2)
+        self.linger_s = min(limits.PUSH_LINGER_S, idle_timeout_s / 4)  # well inside the peer's patience
         self.peers: dict[int, _Peer] = {}
         self._nursery: trio.Nursery | None = None
         self._started: trio.Event | None = None
@@ -226,7 +227,11 @@ class Pusher:
                     f"cannot reach {peer.name} to store {url}: {reason}", node=peer.name))
                 return
             st = _Stream()
-            await self._stream(peer, conn, st)
+            try:
+                await self._stream(peer, conn, st)
+            except Exception as e:  # a bug: this stream's entries fail, the lane goes on
+                log.exception("pushing to %s", peer.name)
+                st.error = errors.Internal(f"internal error: {e!r}")
             if st.finished:
                 self._checkin(peer, conn)
                 delays = busy_until = None
@@ -246,7 +251,8 @@ class Pusher:
                     return
                 await trio.sleep(next(delays))
                 continue
-            if reused and not st.answered and st.peer_error is None and not stale_retried:
+            if (reused and not st.answered and isinstance(st.error, Unavailable)
+                    and st.peer_error is None and not stale_retried):
                 # a pooled connection the peer had closed: nothing of this stream was read
                 stale_retried = True
                 peer.queue.extendleft(reversed(st.inflight))
@@ -292,7 +298,7 @@ class Pusher:
                     await send_all(sock, out, idle)
                     out = bytearray()
                 if not st.inflight:  # all answered: end, unless more comes soon (a map's next output)
-                    with trio.move_on_after(limits.PUSH_LINGER_S):
+                    with trio.move_on_after(self.linger_s):
                         while not peer.queue:
                             await peer.wait_changed()
                     if not peer.queue:
