@@ -88,6 +88,17 @@ RM_BATCH_KEYS = 256           # keys of one directory per thread call (a cancel 
 STDERR_TAIL_BYTES = 2048      # what a failed command's error keeps of its stderr
 PUSH_PARALLEL = 4             # map outputs sent to other nodes at once, per map
 
+# --- push: map outputs moved node to node (s4d/push.py) ------------------------
+PUSH_STREAMS_PER_PEER = 1     # push streams open to one peer at once; each is one connection
+PUSH_LINGER_S = 0.2           # a stream with nothing queued or awaited waits this long for more
+                              # entries before it ends (a map's outputs come a command apart)
+PUSH_POOL_PER_PEER = 2        # idle connections kept per peer between streams
+PUSH_POOL_IDLE_S = 10.0       # an idle pooled connection is closed after this long (and before
+                              # half the peer's idle timeout, which would close it from its end)
+PUSH_INLINE_MAX_BYTES = 64 * 1024  # entries this small go through Python, batched into few sends;
+                                   # bigger ones by sendfile out and splice in
+PUSH_BATCH_BYTES = 256 * 1024      # one send of batched entries, and one recv of the receiver
+
 
 def default_io_jobs() -> int:
     return (os.cpu_count() or 1) * 4

@@ -45,6 +45,15 @@ _NUMBER = (int, float)
 #               -> {"progress": ...}... then {"ok", ...} or an error; "key" is
 #                  the s4 key (or with "recursive" the s4 directory), "bucket"
 #                  and "object" the S3 side; "endpoint" optional (s4d/s3.py)
+#   push        (node to node: a map's outputs for the node they belong on)
+#               the request opens a stream of entries, sent back to back with
+#               no wait: {"key", "size"} + exactly size raw bytes + the put
+#               trailer {"xxh3", "size"}, ... then {"end": true}. The node
+#               answers each entry in order, once it is published or refused:
+#               {"key", "ok"} or {"key", "error", "message"} (that key alone is
+#               not stored; the stream goes on), then the end with
+#               {"ok", "count", "failed"}. An error frame without "key" ends the
+#               stream and the connection. See PushReader.
 _MAP_FIELDS = {"indir": str, "outdir": str, "cmd": str}
 OPS: dict[str, dict[str, type | tuple]] = {
     "put": {"key": str},
@@ -58,6 +67,7 @@ OPS: dict[str, dict[str, type | tuple]] = {
     "health": {},
     "s3_import": {"key": str, "bucket": str, "object": str, "recursive": bool},
     "s3_export": {"key": str, "bucket": str, "object": str, "recursive": bool},
+    "push": {},
 }
 OPTIONAL_FIELDS: dict[str, type | tuple] = {"timeout": _NUMBER, "glob": str, "verify": bool,
                                             "endpoint": str,
@@ -65,6 +75,7 @@ OPTIONAL_FIELDS: dict[str, type | tuple] = {"timeout": _NUMBER, "glob": str, "ve
                                             "nodes": list, "node_index": int}
 GET_RANGE_FIELDS = ("offset", "length")  # optional on get only: non-negative integers
 PUT_TRAILER = {"xxh3": str, "size": int}
+PUSH_ENTRY = {"key": str, "size": int}
 
 
 # JSON by the standard library's json, strict both ways: no NaN or Infinity
@@ -319,3 +330,123 @@ def check_put_trailer(msg: dict) -> None:
     if "error" in msg:
         raise BadRequest(f"client aborted the put: {msg.get('message', msg['error'])}")
     _check_fields(msg, PUT_TRAILER, "put trailer")
+
+
+# --- push: a stream of many keys on one connection ----------------------------------
+def encode_push_head(key: str, size: int) -> bytes:
+    """What goes before an entry's `size` raw bytes."""
+    return encode({"key": key, "size": size})
+
+
+def encode_push_tail(size: int, digest: str) -> bytes:
+    """What goes after an entry's bytes: the put trailer."""
+    return encode({"xxh3": digest, "size": size})
+
+
+def encode_push_end() -> bytes:
+    return encode({"end": True})
+
+
+def push_result(key: str, error: dict | None = None) -> dict:
+    """The node's answer to one entry: published, or the error (wire form) that kept it out."""
+    return {"key": key, **(error or {"ok": True})}
+
+
+def check_push_entry(msg: dict) -> tuple[str, int]:
+    _check_fields(msg, PUSH_ENTRY, "push entry")
+    if not 0 <= msg["size"] <= limits.CHUNK_MAX_BYTES:
+        raise ProtocolError(f"push entry: size {msg['size']} is outside 0..{limits.CHUNK_MAX_BYTES}")
+    return msg["key"], msg["size"]
+
+
+def check_push_trailer(msg: dict, size: int) -> str:
+    """The trailer of an entry of `size` bytes; returns its xxh3."""
+    _check_fields(msg, PUT_TRAILER, "push trailer")
+    if msg["size"] != size:
+        raise ProtocolError(f"push trailer: size {msg['size']} after an entry of {size} bytes")
+    return msg["xxh3"]
+
+
+class PushReader:
+    """The receiving side of a push stream, sans I/O: bytes in, events out.
+
+    `feed` bytes as they arrive; `next_event` returns, in stream order,
+    ("entry", key, size), ("data", bytes) pieces of that entry's bytes,
+    ("trailer", xxh3) after its last byte, ("end",), or None when it needs
+    more bytes. Big entries need not pass through here: when the buffer is
+    empty mid-entry, `data_left()` bytes may go straight from the socket to a
+    file (splice), reported with `skip(n)`. The buffer holds at most what one
+    feed brought plus one partial frame, so memory stays bounded by the
+    transport's read size and FRAME_MAX_BYTES.
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+        self._state = "frame"  # frame -> (data -> trailer -> frame)... -> done
+        self._left = 0  # bytes of the current entry not yet handed out
+        self._size = 0
+
+    def feed(self, data: bytes) -> None:
+        if self._pos:
+            del self._buf[:self._pos]
+            self._pos = 0
+        self._buf += data
+
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def data_left(self) -> int:
+        """Bytes of the current entry still to come (0 between entries)."""
+        return self._left if self._state == "data" else 0
+
+    def skip(self, n: int) -> None:
+        """n bytes of the current entry arrived outside the buffer (only when it is empty)."""
+        if self.buffered() or not 0 < n <= self.data_left():
+            raise ValueError(f"skip({n}) with {self.buffered()} bytes buffered, {self.data_left()} left")
+        self._left -= n
+        if not self._left:
+            self._state = "trailer"
+
+    def _frame(self) -> dict | None:
+        avail = self.buffered()
+        if avail < FRAME_HEADER_BYTES:
+            return None
+        length = decode_frame_header(bytes(self._buf[self._pos:self._pos + FRAME_HEADER_BYTES]))
+        if avail < FRAME_HEADER_BYTES + length:
+            return None
+        start = self._pos + FRAME_HEADER_BYTES
+        self._pos = start + length
+        return decode_frame_body(bytes(self._buf[start:self._pos]))
+
+    def next_event(self) -> tuple | None:
+        if self._state == "data":
+            n = min(self._left, self.buffered())
+            if not n:
+                return None
+            piece = bytes(self._buf[self._pos:self._pos + n])
+            self._pos += n
+            self._left -= n
+            if not self._left:
+                self._state = "trailer"
+            return ("data", piece)
+        if self._state == "done":
+            if self.buffered():
+                raise ProtocolError("bytes after the end of a push stream")
+            return None
+        msg = self._frame()
+        if msg is None:
+            return None
+        if self._state == "trailer":
+            digest = check_push_trailer(msg, self._size)
+            self._state = "frame"
+            return ("trailer", digest)
+        if msg.get("end") is True and len(msg) == 1:
+            self._state = "done"
+            if self.buffered():
+                raise ProtocolError("bytes after the end of a push stream")
+            return ("end",)
+        key, size = check_push_entry(msg)
+        self._size = self._left = size
+        self._state = "data" if size else "trailer"
+        return ("entry", key, size)

@@ -14,8 +14,8 @@ from s4d import limits
 
 
 def delays(first_s: float = limits.BACKOFF_FIRST_S, max_s: float = limits.BACKOFF_MAX_S,
-           rand=None) -> "Iterator[float]":
-    """Endless waits, in seconds: the n-th in [cap/2, cap], cap = min(first_s * 2**n, max_s).
+           rand=None):
+    """An endless generator of waits, in seconds: the n-th in [cap/2, cap], cap = min(first_s * 2**n, max_s).
     `rand` returns a float in [0, 1) (default: random.random; tests pass their own)."""
     if rand is None:
         import random  # here: a small cp that never retries never pays for it

@@ -25,13 +25,13 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from s4d import __version__, checksum, errors, keys, limits, placement, protocol
+from s4d import __version__, checksum, errors, keys, limits, placement, protocol, push
 from s4d.config import DaemonConfig
 from s4d.controller import Controller, Progress, glob_regex, split_glob
 from s4d.errors import (BadRequest, Busy, ChecksumMismatch, NoSpace, NotFound, ProtocolError,
                         S4Error, Unavailable)
 from s4d.storage import Storage
-from s4d.transfer import (HASHING, Idle, recv_frame, recv_stream_to_file, send_all, send_frame,
+from s4d.transfer import (HASHING, Idle, recv_frame, recv_stream_to_file, send_frame,
                           sendfile)
 
 log = logging.getLogger("s4d")
@@ -48,6 +48,7 @@ class Server:
         self.idle_s = config.idle_timeout_s
         self.controller = Controller(self.storage, nodes, self_index, config, self.push)
         self.started = time.time()
+        self.pusher = push.Pusher(nodes, config)
         self._accepting = trio.CancelScope()
         self._sweeping = trio.CancelScope()
 
@@ -411,37 +412,15 @@ class Server:
         return progress.wire()
 
     # --- node to node ------------------------------------------------------------------
-    async def push(self, node: int, key: str, path: str, digest: str, size: int) -> None:
-        """Put a finished local file as `key` on another node (map outputs)."""
-        host, port = self.nodes[node]
-        where = f"{host}:{port}"
-        backoff = self.config.backoff_first_s
-        deadline = trio.current_time() + self.config.push_busy_timeout_s
-        while True:
-            try:
-                return await self._push_once(host, port, key, path, digest, size)
-            except Busy:
-                if trio.current_time() > deadline:
-                    raise
-            except OSError as e:
-                raise Unavailable(f"cannot reach {where} to store {keys.url(key)}: {e.strerror or e}") from None
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, self.config.backoff_max_s)
+    async def push(self, node: int, key: str, path: str, digest: str | None, size: int | None) -> None:
+        """Store a finished local file as `key` on another node (map outputs): queued
+        for that node's push stream; returns once it is published there (s4d/push.py)."""
+        await self.pusher.push(node, key, path, digest, size)
 
-    async def _push_once(self, host: str, port: int, key: str, path: str, digest: str, size: int) -> None:
-        with Idle(self.idle_s, f"pushing {keys.url(key)} to {host}:{port}") as idle:
-            sock = trio.socket.socket(trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET)
-            with sock:
-                await sock.connect((host, port))
-                await send_frame(sock, {"op": "put", "key": key}, idle)
-                _check_reply(await recv_frame(sock, idle), host, port)
-                if size:  # a zero-length chunk would end the stream early
-                    with open(path, "rb") as f:
-                        await send_all(sock, protocol.encode_chunk_header(size), idle)
-                        await sendfile(sock, f.fileno(), size, idle)
-                await send_all(sock, protocol.END_OF_STREAM, idle)
-                await send_frame(sock, {"xxh3": digest, "size": size}, idle)
-                _check_reply(await recv_frame(sock, idle), host, port)
+    async def handle_push(self, sock, msg: dict) -> dict:
+        """A stream of another node's map outputs that belong here (s4d/push.py)."""
+        async with self.io_slot():
+            return await push.receive(sock, self.storage, self.nodes, self.self_index, self.idle_s)
 
 
 async def _hash_range(fd: int, start: int, end: int) -> str:
@@ -470,10 +449,3 @@ def _check_glob(msg: dict) -> None:
             except re.error as e:
                 raise BadRequest(f"bad glob {pattern!r} in {keys.url(msg['indir'])}: {e}") from None
 
-
-def _check_reply(reply: dict | None, host: str, port: int) -> dict:
-    if reply is None:
-        raise Unavailable(f"{host}:{port} closed the connection")
-    if "error" in reply:
-        raise errors.from_wire(reply)
-    return reply

@@ -175,6 +175,17 @@ async def _splice_exactly(sock, fd: int, n: int, pipe: tuple[int, int], idle: Id
             await trio.lowlevel.checkpoint()
 
 
+async def splice_to_file(sock, fd: int, n: int, idle: Idle, landed: Callable[[int], None]) -> None:
+    """Receive exactly n raw bytes into fd at its file position (socket -> pipe ->
+    file); landed(count) is called as they land."""
+    pipe = _pipe()
+    try:
+        await _splice_exactly(sock, fd, n, pipe, idle, landed)
+    finally:
+        os.close(pipe[0])
+        os.close(pipe[1])
+
+
 async def recv_stream_to_file(sock, fd: int, idle: Idle) -> tuple[int, str]:
     """Receive a chunked stream into `fd` (opened read-write, empty); return the
     byte count and the xxh3 of what landed, hashed a window behind the writer."""
