@@ -129,7 +129,7 @@ class Controller:
         if killed:
             log.warning("killed %d processes of commands an earlier s4d on this data dir left running",
                         killed)
-        self.spawner = process.Spawner(storage)
+        self.spawner = process.Spawner()
 
     @property
     def running(self) -> int:

@@ -17,9 +17,8 @@ once, with no await in between: every path the daemon uses is absolute (the
 data dir is resolved at start), so nothing else sees the borrowed cwd.
 
 Commands do not outlive their daemon, even a SIGKILLed one: each running
-command has a record in the data dir's temp dir, which a watchdog process
-reads when the daemon dies and the next daemon reads at its start (see
-s4d/orphans.py).
+command's session is in a `Ledger` that a watchdog process reads when the
+daemon dies (see s4d/orphans.py).
 """
 from __future__ import annotations
 
@@ -31,7 +30,6 @@ import sys
 import trio
 
 from s4d import limits, orphans
-from s4d.storage import Storage
 
 _READ_BYTES = 65536  # one read of a command's stderr: a whole pipe, at its default size
 # signals the daemon's interpreter ignores that a command must get back at their defaults
@@ -42,24 +40,22 @@ _RESTORED = tuple(getattr(signal, s) for s in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") i
 class Process:
     """A started command: its pid (= its process group and session id), a pidfd
     that turns readable when it exits, and the read end of its stderr pipe."""
-    __slots__ = ("pid", "pidfd", "stderr", "status", "record")
+    __slots__ = ("pid", "pidfd", "stderr", "status", "slot")
 
-    def __init__(self, pid: int, pidfd: int, stderr: int, record: str | None):
+    def __init__(self, pid: int, pidfd: int, stderr: int, slot: int):
         self.pid = pid
         self.pidfd = pidfd
         self.stderr = stderr
         self.status: int | None = None  # the exit code once reaped; -N for signal N
-        self.record = record
+        self.slot = slot  # in the ledger
 
 
 class Spawner:
-    """Starts commands, each recorded in the data dir's temp dir (through
-    storage, whose sweep leaves what it handed out alone) while it runs."""
+    """Starts commands, each in the ledger while it runs."""
 
-    def __init__(self, storage: Storage):
-        self.storage = storage
+    def __init__(self) -> None:
         self._home = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the daemon's cwd
-        self._watchdog = orphans.start_watchdog(storage.tmp)  # held open, never written
+        self.ledger = orphans.Ledger()
 
     def spawn(self, path: str, argv: list[str], stdin: int, stdout: int, cwd: str,
               env: dict) -> Process:
@@ -80,22 +76,17 @@ class Spawner:
         finally:
             os.close(w)
         os.set_blocking(r, False)
-        record = self.storage.new_temp(f"{orphans.RECORD_PREFIX}{pid}")
-        try:
-            os.mknod(record)
-        except OSError:  # out of inodes, say: the command still runs, unrecorded
-            self.storage.discard(record)
-            record = None
+        slot = self.ledger.add(pid)
         try:
             pidfd = os.pidfd_open(pid)
         except OSError:  # out of fds: it could not be waited for
-            proc = Process(pid, -1, r, record)
+            proc = Process(pid, -1, r, slot)
             self._forget(proc)
             _kill_group(pid)
             os.waitpid(pid, 0)
             os.close(r)
             raise
-        return Process(pid, pidfd, r, record)
+        return Process(pid, pidfd, r, slot)
 
     async def reap(self, proc: Process) -> None:
         """Kill proc's process group, then reap proc; close its fds. In this order:
@@ -111,8 +102,7 @@ class Spawner:
 
     def _forget(self, proc: Process) -> None:
         """The group is dead (or dying of SIGKILL) and not reaped yet: stop tracking it."""
-        if proc.record:
-            self.storage.discard(proc.record)
+        self.ledger.remove(proc.slot)
 
 
 def _redirect(stdin: int, stdout: int, stderr: int) -> list:
