@@ -112,8 +112,8 @@ Usage: s4ctl map-to-n [-c PATH] [--timeout S] INDIR OUTDIR CMD
 
 1:n, the shuffle. For every key under INDIR, run CMD with the key's data on
 stdin in a fresh temp dir; CMD writes files there and prints their names,
-one per line. Each file becomes OUTDIR/<input name>/<file name> on the node
-its file name places it on (a name starting with digits goes to node
+one per line. Each file becomes OUTDIR/<input path under INDIR>/<file name>
+on the node its file name places it on (a name starting with digits goes to node
 int(digits) % N), so files of the same name from every input meet on one
 node. A printed name that is not a file CMD wrote fails the map; an empty
 line is skipped. Failure handling is as for map.
