@@ -163,20 +163,28 @@ class Controller:
     @asynccontextmanager
     async def command(self, cmd: str, stdin: int, filename: str, timeout, what: str,
                       check: Callable[[], Awaitable[None]] | None = None,
-                      dirs: list[str] | None = None):
+                      dirs: list[tuple[str, tuple]] | None = None, in_memory: bool = False):
         """Run cmd in an empty dir, stdin from an fd, stdout to a temp file; yield
         (stdout path, an fd open on it for reading, the dir). `check`, if given,
         runs beside the command (the input's verification) and must succeed too:
         its failure wins over the command's. The stdout file is removed when
         the block ends; the dir too, or, left empty, it goes back to `dirs`
         (one map's pool of empty dirs: a mkdir and an rmdir per command cost
-        more here than the rest of s4's share of a small key)."""
+        more here than the rest of s4's share of a small key). in_memory:
+        stdout is a memfd (a listing never published: no file made and
+        removed per command) and the path yielded is None."""
         if not cmd.strip():
             raise BadRequest("the command is empty")
-        cwd = dirs.pop() if dirs else self.storage.new_temp_dir()
-        out = self.storage.new_temp("out")
+        if dirs:
+            cwd, made = dirs.pop()
+        else:
+            cwd = self.storage.new_temp_dir()
+            os.utime(cwd, ns=(0, 0))  # any entry made or removed in it sets its mtime to now
+            made = _stamp(cwd)
+        out = None if in_memory else self.storage.new_temp("out")
         try:
-            fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = (os.memfd_create("s4d-stdout", os.MFD_CLOEXEC) if in_memory else
+                  os.open(out, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
             try:
                 kw = dict(stdin=stdin, stdout=fd, cwd=cwd, env={"filename": filename},
                           timeout=timeout, what=what)
@@ -188,9 +196,10 @@ class Controller:
             finally:
                 os.close(fd)
         finally:
-            self.storage.discard(out)
-            if dirs is not None and _reusable(cwd):
-                dirs.append(cwd)
+            if out:
+                self.storage.discard(out)
+            if dirs is not None and _untouched(cwd, made):
+                dirs.append((cwd, made))
             else:
                 self.storage.discard(cwd)
 
@@ -198,27 +207,34 @@ class Controller:
     async def _dir_pool(self):
         """A list for `command`'s dirs to go back to, for the length of one map;
         what it holds at the end is removed."""
-        dirs: list[str] = []
+        dirs: list[tuple[str, tuple]] = []
         try:
             yield dirs
         finally:
-            for d in dirs:
+            for d, _ in dirs:
                 self.storage.discard(d)
 
     # --- inputs, checked ---------------------------------------------------------------
     def _open_key(self, key: str) -> tuple[int, int, str]:
         """(fd, size, stored checksum) of a key, the checksum read from the open
-        file itself: what is hashed is what the command reads."""
-        path, _, _ = self.storage.stat(key)
+        file itself: what is hashed is what the command reads. The file must be
+        a regular file at its own path, no symlink on the way (where the fd
+        points is read back from /proc: one syscall, not an lstat per component)."""
+        path = self.storage.path(key)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except (FileNotFoundError, NotADirectoryError):
-            raise NotFound(f"no such key: {keys.url(key)}") from None
-        try:
-            return fd, os.fstat(fd).st_size, os.getxattr(fd, XATTR).decode()
         except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EISDIR):
+                raise NotFound(f"no such key: {keys.url(key)}") from None
+            raise
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or os.readlink(f"/proc/self/fd/{fd}") != path:
+                raise NotFound(f"no such key: {keys.url(key)}")
+            return fd, st.st_size, os.getxattr(fd, XATTR).decode()
+        except BaseException as e:
             os.close(fd)
-            if e.errno == errno.ENODATA:
+            if isinstance(e, OSError) and e.errno == errno.ENODATA:
                 raise NotFound(f"no checksum stored for {keys.url(key)}") from None
             raise
 
@@ -236,7 +252,8 @@ class Controller:
             raise self._mismatch(key, stored, digest)
 
     @asynccontextmanager
-    async def _key_command(self, cmd: str, key: str, timeout, dirs: list[str] | None = None):
+    async def _key_command(self, cmd: str, key: str, timeout, dirs: list | None = None,
+                           in_memory: bool = False):
         """`command` over one key, stdin from its file; yields (stdout path, its fd,
         the dir, the key's size). The key's bytes are checked: a small key is hashed before the
         command starts (cheaper than a thread), a big one by a thread while the
@@ -249,7 +266,7 @@ class Controller:
             else:
                 check = partial(self._check, key, fd, size, stored)
             async with self.command(cmd, fd, keys.basename(key), timeout, keys.url(key),
-                                    check, dirs) as (out, out_fd, cwd):
+                                    check, dirs, in_memory) as (out, out_fd, cwd):
                 yield out, out_fd, cwd, size
         finally:
             os.close(fd)
@@ -336,7 +353,8 @@ class Controller:
 
         async def one(key: str) -> None:
             url = keys.url(key)
-            async with self._key_command(msg["cmd"], key, msg.get("timeout"), dirs) as (listing, _, cwd, size):
+            async with self._key_command(msg["cmd"], key, msg.get("timeout"), dirs,
+                                         in_memory=True) as (_, listing, cwd, size):
                 files = _printed_files(listing, cwd, self.name, url)
                 # OUTDIR/<input path relative to INDIR>/<file name>: nested inputs of one
                 # basename (in/a/001, in/b/001) never meet
@@ -374,25 +392,21 @@ class Controller:
                 paths.append(path + "\n")
                 total += size
             name = group_name(members)
-            listing = self.storage.new_temp("in")
+            fd = os.memfd_create("s4d-listing", os.MFD_CLOEXEC)  # the command's stdin
             try:
-                fd = os.open(listing, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-                try:
-                    os.write(fd, "".join(paths).encode())
-                    os.lseek(fd, 0, os.SEEK_SET)
-                    # the members are checked one after another beside the command, which
-                    # opens them by path: inline when they are small in total, else in a thread
-                    check = partial(self._check_members, members)
-                    if total <= limits.HASH_INLINE_MAX_BYTES:
-                        await check()
-                        check = None
-                    async with self.command(msg["cmd"], fd, name, msg.get("timeout"),
-                                            keys.url(outdir + name), check, dirs) as (out, out_fd, _):
-                        await self._publish(out, outdir + name, out_fd)
-                finally:
-                    os.close(fd)
+                os.write(fd, "".join(paths).encode())
+                os.lseek(fd, 0, os.SEEK_SET)
+                # the members are checked one after another beside the command, which
+                # opens them by path: inline when they are small in total, else in a thread
+                check = partial(self._check_members, members)
+                if total <= limits.HASH_INLINE_MAX_BYTES:
+                    await check()
+                    check = None
+                async with self.command(msg["cmd"], fd, name, msg.get("timeout"),
+                                        keys.url(outdir + name), check, dirs) as (out, out_fd, _):
+                    await self._publish(out, outdir + name, out_fd)
             finally:
-                self.storage.discard(listing)
+                os.close(fd)
             progress.done += len(members)
             progress.bytes += total
 
@@ -436,20 +450,26 @@ async def _both(check: Callable[[], Awaitable[None]], command: Awaitable[None]) 
         raise failed.get("check") or failed["command"]
 
 
-def _reusable(cwd: str) -> bool:
-    """An empty dir that the command left as it was made (ours, writable by us)."""
+def _stamp(d: str) -> tuple:
+    st = os.lstat(d)
+    return st.st_ino, st.st_mode, st.st_uid, st.st_mtime_ns
+
+
+def _untouched(cwd: str, made: tuple) -> bool:
+    """The command dir is as it was made: nothing was created, removed or
+    renamed in it (its mtime, set to 0 when it was made, would be now), and it
+    is the same dir with the same mode. One lstat; a dir a command did use is
+    removed rather than read through."""
     try:
-        st = os.lstat(cwd)
-        return (stat.S_ISDIR(st.st_mode) and st.st_mode & 0o700 == 0o700
-                and st.st_uid == os.getuid() and not os.listdir(cwd))
+        return _stamp(cwd) == made
     except OSError:
         return False
 
 
-def _printed_files(listing: str, cwd: str, node: str, what: str) -> list[str]:
-    """The files a map-to-n command printed: each must exist inside its temp dir."""
-    with open(listing, "rb") as f:
-        lines = f.read(limits.FRAME_MAX_BYTES).decode(errors="replace").splitlines()
+def _printed_files(listing: int, cwd: str, node: str, what: str) -> list[str]:
+    """The files a map-to-n command printed (its stdout, the fd `listing`):
+    each must exist inside its temp dir."""
+    lines = os.pread(listing, limits.FRAME_MAX_BYTES, 0).decode(errors="replace").splitlines()
     files: dict[str, None] = {}
     for line in lines:
         if not line.strip():

@@ -92,10 +92,12 @@ class Spawner:
         """Kill proc's process group, then reap proc; close its fds. In this order:
         until it is reaped, its pid cannot be reused, so the group is still its own."""
         _kill_group(proc.pid)
-        with trio.CancelScope(shield=True):  # SIGKILLed: it is gone promptly
-            await trio.lowlevel.wait_readable(proc.pidfd)
         self._forget(proc)
-        _, status = os.waitpid(proc.pid, 0)
+        pid, status = os.waitpid(proc.pid, os.WNOHANG)  # after `wait`, it has exited already
+        if pid == 0:
+            with trio.CancelScope(shield=True):  # SIGKILLed: it is gone promptly
+                await trio.lowlevel.wait_readable(proc.pidfd)
+            _, status = os.waitpid(proc.pid, 0)
         proc.status = os.waitstatus_to_exitcode(status)
         os.close(proc.pidfd)
         os.close(proc.stderr)
