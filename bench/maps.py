@@ -127,24 +127,26 @@ def step_big(c: Cluster, r: Report, work: Path, keys: int, size: int, reps: int)
         warm(c.stored("bb/in"))
         t["map wc"].append(c.timed("map", "s4://bb/in", f"s4://bb/wc{rep}", "wc -l"))
         ready(files)
-        t["local split"].append(bash(
-            f"for f in {local}/*; do d={parts}/${{f##*/}}; mkdir $d; (cd $d && {SPLIT} < $f >/dev/null); done"))
+        t["local split"].append(bash(f"for f in {local}/*; do d={parts}/${{f##*/}}; mkdir $d; "
+                                     f"(cd $d && {SPLIT} < $f >/dev/null); done"))
         ready(c.stored("bb/in"))
         t["to-n"].append(c.timed("map-to-n", "s4://bb/in", f"s4://bb/split{rep}", SPLIT))
         ready(list(parts.rglob("*_part")))
-        t["local cat"].append(bash(f"for g in 0 1 2; do ls {parts}/*/${{g}}_part | xargs cat > {merged}/$g; done"))
+        t["local cat"].append(bash(f"for g in 0 1 2; do ls {parts}/*/${{g}}_part | xargs cat > {merged}/$g; "
+                                   "done"))
         ready(c.stored(f"bb/split{rep}"))
-        t["from-n"].append(c.timed("map-from-n", f"s4://bb/split{rep}", f"s4://bb/merged{rep}", "xargs cat"))
+        t["from-n"].append(c.timed("map-from-n", f"s4://bb/split{rep}", f"s4://bb/merged{rep}",
+                                   "xargs cat"))
         for out in ("wc", "split", "merged"):
             c.s4ctl("rm", "-r", f"s4://bb/{out}{rep}")
     c.s4ctl("rm", "-r", "s4://bb/")
     for d in (local, lout, parts, merged):
         rmtree(d)
     what = f"{keys} x {size // MiB} MiB"
-    for floor, s4, name, target in [("local wc", "map wc", f"map 'wc -l' over {what}", "target >= 90%"),
-                                    ("local split", "to-n", f"map-to-n split -n r/3 over {what}", "target >= 100%"),
-                                    ("local cat", "from-n", f"map-from-n 'xargs cat' over the {3 * keys} parts",
-                                     "target >= 90%")]:
+    rows = [("local wc", "map wc", f"map 'wc -l' over {what}", "target >= 90%"),
+            ("local split", "to-n", f"map-to-n split -n r/3 over {what}", "target >= 100%"),
+            ("local cat", "from-n", f"map-from-n 'xargs cat' over the {3 * keys} parts", "target >= 90%")]
+    for floor, s4, name, target in rows:
         f, s = median(t[floor]), median(t[s4])
         r.add("big", f"floor: {floor}", f, "s", f"median of {reps}; sequential, warm cache")
         r.add("big", name, s, "s", f"{f / s:.0%} of the floor's speed ({target})")

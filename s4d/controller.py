@@ -244,10 +244,7 @@ class Controller:
 
     async def _check(self, key: str, fd: int, size: int, stored: str) -> None:
         """Raise ChecksumMismatch unless the key's bytes hash to its stored checksum."""
-        if size <= limits.HASH_INLINE_MAX_BYTES:
-            digest = checksum.hash_fd(fd, size)
-        else:
-            digest = await trio.to_thread.run_sync(checksum.hash_fd, fd, size, limiter=HASHING)
+        digest = await _hash(fd, size)
         if digest != stored:
             raise self._mismatch(key, stored, digest)
 
@@ -255,9 +252,10 @@ class Controller:
     async def _key_command(self, cmd: str, key: str, timeout, dirs: list | None = None,
                            in_memory: bool = False):
         """`command` over one key, stdin from its file; yields (stdout path, its fd,
-        the dir, the key's size). The key's bytes are checked: a small key is hashed before the
-        command starts (cheaper than a thread), a big one by a thread while the
-        command reads it (the two share the page cache: one read from disk)."""
+        the dir, the key's size). The key's bytes are checked: a small key is
+        hashed before the command starts (cheaper than a thread: measured), a
+        big one by a thread while the command reads it (the two share the page
+        cache: one read from disk)."""
         fd, size, stored = self._open_key(key)
         try:
             check = None
@@ -292,10 +290,7 @@ class Controller:
             finally:
                 os.close(fd)
         size = os.fstat(fd).st_size
-        if size <= limits.HASH_INLINE_MAX_BYTES:
-            digest = checksum.hash_fd(fd, size)
-        else:
-            digest = await trio.to_thread.run_sync(checksum.hash_fd, fd, size, limiter=HASHING)
+        digest = await _hash(fd, size)
         owner = placement.node_index(key, len(self.nodes))
         if owner == self.self_index:
             try:
@@ -426,6 +421,13 @@ class Controller:
         """Run cmd over a key; yield the temp file holding its stdout."""
         async with self._key_command(cmd, key, timeout) as (out, _, _, _):
             yield out
+
+
+async def _hash(fd: int, size: int) -> str:
+    """xxh3 of the first size bytes of fd: on the event loop when small, else in a thread."""
+    if size <= limits.HASH_INLINE_MAX_BYTES:
+        return checksum.hash_fd(fd, size)
+    return await trio.to_thread.run_sync(checksum.hash_fd, fd, size, limiter=HASHING)
 
 
 async def _both(check: Callable[[], Awaitable[None]], command: Awaitable[None]) -> None:

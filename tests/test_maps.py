@@ -573,7 +573,8 @@ def corrupt(path, offset: int) -> None:
     path.chmod(0o444)
 
 
-@pytest.mark.parametrize("size", [1000, 3 * 1024 * 1024 + 5], ids=["small, checked first", "big, checked beside"])
+@pytest.mark.parametrize("size", [1000, 3 * 1024 * 1024 + 5],
+                         ids=["small, checked first", "big, checked beside"])
 def test_a_key_corrupted_on_disk_fails_every_kind_of_command_and_publishes_nothing_from_it(cluster, size):
     line = b"%0*d\n" % (99, 7)
     put_files(cluster, "s4://b/in/", {"000_k": line * (size // 100), "003_fine": line})
@@ -656,7 +657,8 @@ def test_a_failed_commands_error_names_its_signal_and_says_it_ran_under_pipefail
     put_files(cluster, "s4://b/in/", numbered(1))
     proc = cluster.s4ctl("map", "s4://b/in/", "s4://b/o1/", "kill -s TERM $$", check=False)
     assert proc.returncode == 1 and "killed by SIGTERM" in proc.stderr, proc.stderr
-    proc = cluster.s4ctl("map", "s4://b/in/", "s4://b/o2/", "yes | (read x; kill -s PIPE $BASHPID)", check=False)
+    proc = cluster.s4ctl("map", "s4://b/in/", "s4://b/o2/", "yes | (read x; kill -s PIPE $BASHPID)",
+                         check=False)
     assert proc.returncode == 1 and "SIGPIPE" in proc.stderr, proc.stderr
     proc = cluster.s4ctl("map", "s4://b/in/", "s4://b/o3/", "grep nothing-matches", check=False)
     assert proc.returncode == 1 and "exit 1" in proc.stderr and "bash -euo pipefail" in proc.stderr
