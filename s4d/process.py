@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import select
 import signal
-import sys
 
 import trio
 
@@ -54,7 +53,8 @@ class Spawner:
     """Starts commands, each in the ledger while it runs."""
 
     def __init__(self) -> None:
-        self._home = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the daemon's cwd
+        # the daemon's cwd, to go back to after each spawn (O_PATH: it need not be readable)
+        self._home = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self.ledger = orphans.Ledger()
 
     def spawn(self, path: str, argv: list[str], stdin: int, stdout: int, cwd: str,
