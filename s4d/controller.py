@@ -125,7 +125,7 @@ class Controller:
         self.name = "%s:%d" % nodes[self_index]
         self.env = dict(os.environ)  # the commands' environment, plus $filename
         self.bash = shutil.which("bash") or "bash"  # found once, not by execs along PATH per command
-        killed = orphans.kill_leftovers(storage.tmp)  # before the temp sweep removes their records
+        killed = orphans.kill_leftovers(storage.tmp)  # commands an earlier daemon here left running
         if killed:
             log.warning("killed %d processes of commands an earlier s4d on this data dir left running",
                         killed)
