@@ -28,6 +28,10 @@ class DaemonConfig:
     push_parallel: int = limits.PUSH_PARALLEL
     rm_threads: int = limits.RM_THREADS
     rm_batch_keys: int = limits.RM_BATCH_KEYS
+    s3_objects_per_node: int = limits.S3_OBJECTS_PER_NODE
+    s3_parts_per_node: int = limits.S3_PARTS_PER_NODE
+    s3_connections_per_node: int = limits.S3_CONNECTIONS_PER_NODE
+    s3_retries: int = limits.S3_RETRIES
     # --- time --------------------------------------------------------------------
     idle_timeout_s: float = limits.IDLE_TIMEOUT_S
     cmd_timeout_s: float = limits.CMD_TIMEOUT_S

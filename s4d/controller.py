@@ -1,10 +1,18 @@
 """The controller: users' bash commands, run out of process where the data is.
 
-`run` starts one command under the node's cpu-job limit, in a fresh temp
+`run` starts one command under the node's cpu-job limit, in an empty temp
 dir inside the data dir, with `set -euo pipefail`, in its own process group
-(killed whole on timeout, on cancel and after exit, so nothing lingers). The
-key's file is the child's stdin and a temp file its stdout: no data passes
-through Python. A failure keeps the exit code and the tail of stderr.
+(killed whole on timeout, on cancel and after exit, so nothing lingers; the
+process plumbing, and what keeps commands from outliving a killed daemon,
+is s4d/process.py). The key's file is the child's stdin and a temp file its
+stdout: no data passes through Python. A failure keeps the exit status
+(signals by name) and the tail of stderr.
+
+No output is published from a key whose bytes do not hash to the checksum
+stored when it was written. The check does not hold the command up: a small
+key (up to HASH_INLINE_MAX_BYTES) is hashed before its command starts, a
+bigger one in a thread while the command runs; the output is published only
+when both succeeded, and a mismatch wins over the command's own error.
 
 `map`, `map_to_n` and `map_from_n` run one node's share of the ops of the
 same names over the keys this node holds, and publish each output here or,
@@ -13,26 +21,27 @@ the server). The first failure cancels the rest of this node's work.
 """
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import re
-import select
 import shutil
-import signal
-import subprocess
+import stat
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from functools import partial
+from typing import Awaitable, Callable, Iterable, Iterator
 
 import trio
 
-from s4d import keys, limits, placement
+from s4d import checksum, keys, limits, orphans, placement, process
 from s4d.config import DaemonConfig
-from s4d.errors import ChecksumMismatch, CommandFailed, NoSpace, S4Error, Timeout
-from s4d.storage import Storage
-from s4d.transfer import hash_file_async
+from s4d.errors import BadRequest, ChecksumMismatch, CommandFailed, NoSpace, NotFound, S4Error, Timeout
+from s4d.storage import XATTR, Storage
+from s4d.transfer import HASHING
 
 Push = Callable[[int, str, str, str, int], Awaitable[None]]
-_READ_BYTES = 65536  # one read of a command's stderr: a whole pipe, at its default size
+log = logging.getLogger("s4d")
 
 
 @dataclass
@@ -83,8 +92,9 @@ def group_name(members: list[str]) -> str:
     return digits
 
 
-async def run_pool(items: list, fn: Callable[[object], Awaitable[None]], width: int) -> None:
-    """Run fn over items, `width` at a time; the first S4Error cancels the rest and is raised."""
+async def run_pool(items: Iterable, fn: Callable[[object], Awaitable[None]], width: int) -> None:
+    """Run fn over items (any iterable, drawn lazily), `width` at a time; the first
+    S4Error cancels the rest and is raised."""
     it = iter(items)
     failure: list[S4Error] = []
 
@@ -98,7 +108,7 @@ async def run_pool(items: list, fn: Callable[[object], Awaitable[None]], width: 
                 return
 
     async with trio.open_nursery() as nursery:
-        for _ in range(max(1, min(width, len(items)))):
+        for _ in range(max(1, width)):
             nursery.start_soon(worker, nursery.cancel_scope)
     if failure:
         raise failure[0]
@@ -117,6 +127,11 @@ class Controller:
         self.name = "%s:%d" % nodes[self_index]
         self.env = dict(os.environ)  # the commands' environment, plus $filename
         self.bash = shutil.which("bash") or "bash"  # found once, not by execs along PATH per command
+        killed = orphans.kill_leftovers(storage.tmp)  # commands an earlier daemon here left running
+        if killed:
+            log.warning("killed %d processes of commands an earlier s4d on this data dir left running",
+                        killed)
+        self.spawner = process.Spawner()
 
     @property
     def running(self) -> int:
@@ -127,55 +142,157 @@ class Controller:
                   timeout: float | None, what: str) -> None:
         timeout = timeout or self.cmd_timeout_s
         async with self.limiter:
-            proc, pidfd, stderr = _spawn(self.bash, ["bash", "-euo", "pipefail", "-c", cmd], stdin,
-                                         stdout, cwd, {**self.env, **env})
+            proc = self.spawner.spawn(self.bash, ["bash", "-euo", "pipefail", "-c", cmd], stdin,
+                                      stdout, cwd, {**self.env, **env})
             try:
                 with trio.move_on_after(timeout) as scope:
-                    tail = await _wait(pidfd, stderr)
+                    tail = await process.wait(proc)
                 if scope.cancelled_caught:
                     raise Timeout(f"command timed out after {timeout:g}s on {self.name} for {what}")
             finally:
-                await _reap(proc, pidfd)  # with its background children, however it ended
-                os.close(stderr)
-        if proc.returncode != 0:
+                await self.spawner.reap(proc)  # with its background children, however it ended
+        if proc.status != 0:
             text = tail.decode(errors="replace").strip()
             # the tail of stderr, on the one line an error gets
             last = " | ".join(line.strip() for line in text.splitlines()[-3:] if line.strip())
             raise CommandFailed(
-                f"command failed on {self.name} for {what}: exit {proc.returncode}"
-                + (f", stderr: {last[-500:]}" if last else ", no stderr"),
-                node=self.name, key=what, exit=proc.returncode, stderr=text)
+                f"command failed on {self.name} for {what}: {process.describe_exit(proc.status)}"
+                + (f", stderr: {last[-500:]}" if last else
+                   ", no stderr (commands run under bash -euo pipefail: any failing step, "
+                   "a grep that matched nothing, fails the command)"),
+                node=self.name, key=what, exit=proc.status, stderr=text)
 
     @asynccontextmanager
-    async def command(self, cmd: str, stdin_path: str, filename: str, timeout, what: str):
-        """Run cmd in a fresh temp dir, stdin from a file, stdout to a temp file;
-        yield (stdout path, the dir). Both are removed when the block ends."""
-        cwd = self.storage.new_temp_dir()
-        out = self.storage.new_temp("out")
+    async def command(self, cmd: str, stdin: int, filename: str, timeout, what: str,
+                      check: Callable[[], Awaitable[None]] | None = None,
+                      dirs: list[tuple[str, tuple]] | None = None, in_memory: bool = False):
+        """Run cmd in an empty dir, stdin from an fd, stdout to a temp file; yield
+        (stdout path, an fd open on it for reading, the dir). `check`, if given,
+        runs beside the command (the input's verification) and must succeed too:
+        its failure wins over the command's. The stdout file is removed when
+        the block ends; the dir too, or, left empty, it goes back to `dirs`
+        (one map's pool of empty dirs: a mkdir and an rmdir per command cost
+        more here than the rest of s4's share of a small key). in_memory:
+        stdout is a memfd (a listing never published: no file made and
+        removed per command) and the path yielded is None."""
+        if not cmd.strip():
+            raise BadRequest("the command is empty")
+        if dirs:
+            cwd, made = dirs.pop()
+        else:
+            cwd = self.storage.new_temp_dir()
+            os.utime(cwd, ns=(0, 0))  # any entry made or removed in it sets its mtime to now
+            made = _stamp(cwd)
+        out = None if in_memory else self.storage.new_temp("out")
         try:
-            with open(stdin_path, "rb") as fin, open(out, "xb") as fout:
-                await self.run(cmd, stdin=fin.fileno(), stdout=fout.fileno(), cwd=cwd,
-                               env={"filename": filename}, timeout=timeout, what=what)
-            yield out, cwd
+            fd = (os.memfd_create("s4d-stdout", os.MFD_CLOEXEC) if in_memory else
+                  os.open(out, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+            try:
+                kw = dict(stdin=stdin, stdout=fd, cwd=cwd, env={"filename": filename},
+                          timeout=timeout, what=what)
+                if check is None:
+                    await self.run(cmd, **kw)
+                else:
+                    await _both(check, self.run(cmd, **kw))
+                yield out, fd, cwd
+            finally:
+                os.close(fd)
         finally:
-            self.storage.discard(out)
-            self.storage.discard(cwd)
+            if out:
+                self.storage.discard(out)
+            if dirs is not None and _untouched(cwd, made):
+                dirs.append((cwd, made))
+            else:
+                self.storage.discard(cwd)
+
+    @asynccontextmanager
+    async def _dir_pool(self):
+        """A list for `command`'s dirs to go back to, for the length of one map;
+        what it holds at the end is removed."""
+        dirs: list[tuple[str, tuple]] = []
+        try:
+            yield dirs
+        finally:
+            for d, _ in dirs:
+                self.storage.discard(d)
+
+    # --- inputs, checked ---------------------------------------------------------------
+    def _open_key(self, key: str) -> tuple[int, int, str]:
+        """(fd, size, stored checksum) of a key, the checksum read from the open
+        file itself: what is hashed is what the command reads. The file must be
+        a regular file at its own path, no symlink on the way (where the fd
+        points is read back from /proc: one syscall, not an lstat per component)."""
+        path = self.storage.path(key)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EISDIR):
+                raise NotFound(f"no such key: {keys.url(key)}") from None
+            raise
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or os.readlink(f"/proc/self/fd/{fd}") != path:
+                raise NotFound(f"no such key: {keys.url(key)}")
+            return fd, st.st_size, os.getxattr(fd, XATTR).decode()
+        except BaseException as e:
+            os.close(fd)
+            if isinstance(e, OSError) and e.errno == errno.ENODATA:
+                raise NotFound(f"no checksum stored for {keys.url(key)}") from None
+            raise
+
+    def _mismatch(self, key: str, stored: str, digest: str) -> ChecksumMismatch:
+        return ChecksumMismatch(f"checksum mismatch: {keys.url(key)} is corrupt on {self.name}: "
+                                f"stored xxh3 {stored}, its bytes hash to {digest}", node=self.name)
+
+    async def _check(self, key: str, fd: int, size: int, stored: str) -> None:
+        """Raise ChecksumMismatch unless the key's bytes hash to its stored checksum."""
+        digest = await _hash(fd, size)
+        if digest != stored:
+            raise self._mismatch(key, stored, digest)
+
+    @asynccontextmanager
+    async def _key_command(self, cmd: str, key: str, timeout, dirs: list | None = None,
+                           in_memory: bool = False):
+        """`command` over one key, stdin from its file; yields (stdout path, its fd,
+        the dir, the key's size). The key's bytes are checked: a small key is
+        hashed before the command starts (cheaper than a thread: measured), a
+        big one by a thread while the command reads it (the two share the page
+        cache: one read from disk)."""
+        fd, size, stored = self._open_key(key)
+        try:
+            check = None
+            if size <= limits.HASH_INLINE_MAX_BYTES:
+                await self._check(key, fd, size, stored)
+            else:
+                check = partial(self._check, key, fd, size, stored)
+            async with self.command(cmd, fd, keys.basename(key), timeout, keys.url(key),
+                                    check, dirs, in_memory) as (out, out_fd, cwd):
+                yield out, out_fd, cwd, size
+        finally:
+            os.close(fd)
 
     async def verified(self, key: str) -> str:
         """The path of a key whose bytes still hash to the checksum stored at write
-        time: a command (or a reader of `get` with verify) never reads corruption
-        (one mmap'd pass, in the page cache that the reader then reads from)."""
-        path, size, stored = self.storage.stat(key)
-        digest = await hash_file_async(path, size)
-        if digest != stored:
-            raise ChecksumMismatch(f"checksum mismatch: {keys.url(key)} is corrupt on {self.name}: "
-                                   f"stored xxh3 {stored}, its bytes hash to {digest}", node=self.name)
+        time (for `get` with verify: the reader cannot take bytes back)."""
+        path, _, _ = self.storage.stat(key)
+        fd, size, stored = self._open_key(key)
+        try:
+            await self._check(key, fd, size, stored)
+        finally:
+            os.close(fd)
         return path
 
-    async def _publish(self, path: str, key: str) -> None:
-        """Publish a finished file as key here, or push it to the node it belongs on."""
-        size = os.stat(path).st_size
-        digest = await hash_file_async(path, size)
+    async def _publish(self, path: str, key: str, fd: int | None = None) -> None:
+        """Publish a finished file as key here, or push it to the node it belongs on;
+        fd, if given, is open on it for reading (saves opening it again to hash it)."""
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                return await self._publish(path, key, fd)
+            finally:
+                os.close(fd)
+        size = os.fstat(fd).st_size
+        digest = await _hash(fd, size)
         owner = placement.node_index(key, len(self.nodes))
         if owner == self.self_index:
             try:
@@ -186,92 +303,177 @@ class Controller:
             await self.push(owner, key, path, digest, size)
 
     # --- the three shapes ----------------------------------------------------------
-    def _inputs(self, msg: dict) -> tuple[str, list[tuple[str, int]]]:
+    def _inputs(self, msg: dict) -> tuple[str, Callable[[], Iterator[str]]]:
+        """(indir, a function giving a fresh lazy iterator of this node's input keys)."""
         indir, glob = split_glob(msg["indir"])
         glob = msg.get("glob") or glob
-        found = self.storage.keys_under(indir)
-        if glob:
-            pattern = glob_regex(glob)
-            found = [(k, n) for k, n in found if pattern.match(k[len(indir):])]
-        return indir, sorted(found)
+        pattern = glob_regex(glob) if glob else None
+        outdir = msg["outdir"].rstrip("/") + "/"
+
+        def found() -> Iterator[str]:
+            for key in self.storage.iter_keys_under(indir):
+                if pattern is None or pattern.match(key, len(indir)):
+                    yield key
+
+        if outdir.startswith(indir):  # outputs could land among the inputs while they are walked
+            listed = list(found())
+            return indir, lambda: iter(listed)
+        return indir, found
+
+    def _start(self, msg: dict, progress: Progress) -> tuple[str, str, Iterator[str]]:
+        indir, inputs = self._inputs(msg)
+        if not msg["cmd"].strip():
+            raise BadRequest("the command is empty")
+        progress.total = sum(1 for _ in inputs())  # a walk of names only: progress has its total at once
+        return indir, msg["outdir"].rstrip("/") + "/", inputs()
 
     async def map(self, msg: dict, progress: Progress) -> None:
-        indir, inputs = self._inputs(msg)
-        outdir = msg["outdir"].rstrip("/") + "/"
-        progress.total = len(inputs)
+        indir, outdir, inputs = self._start(msg, progress)
 
-        async def one(item) -> None:
-            key, size = item
-            async with self.command(msg["cmd"], await self.verified(key), keys.basename(key),
-                                    msg.get("timeout"), keys.url(key)) as (out, _):
-                await self._publish(out, outdir + key[len(indir):])
+        async def one(key: str) -> None:
+            async with self._key_command(msg["cmd"], key, msg.get("timeout"), dirs) as (out, fd, _, size):
+                await self._publish(out, outdir + key[len(indir):], fd)
             progress.done += 1
             progress.bytes += size
 
-        await run_pool(inputs, one, self.limiter.total_tokens)
+        async with self._dir_pool() as dirs:
+            await run_pool(inputs, one, self.limiter.total_tokens)
 
     async def map_to_n(self, msg: dict, progress: Progress) -> None:
-        indir, inputs = self._inputs(msg)
-        outdir = msg["outdir"].rstrip("/") + "/"
-        progress.total = len(inputs)
-        pushes = trio.CapacityLimiter(limits.PUSH_PARALLEL)
+        indir, outdir, inputs = self._start(msg, progress)
+        pushes = trio.CapacityLimiter(self.config.push_parallel)
 
         async def publish(pair) -> None:
             path, out_key = pair
             async with pushes:
                 await self._publish(path, out_key)
 
-        async def one(item) -> None:
-            key, size = item
-            name = keys.basename(key)
-            async with self.command(msg["cmd"], await self.verified(key), name,
-                                    msg.get("timeout"), keys.url(key)) as (listing, cwd):
-                files = _printed_files(listing, cwd, self.name, keys.url(key))
-                pairs = [(path, f"{outdir}{name}/{os.path.basename(path)}") for path in files]
-                await run_pool(pairs, publish, limits.PUSH_PARALLEL)
+        async def one(key: str) -> None:
+            url = keys.url(key)
+            async with self._key_command(msg["cmd"], key, msg.get("timeout"), dirs,
+                                         in_memory=True) as (_, listing, cwd, size):
+                files = _printed_files(listing, cwd, self.name, url)
+                # OUTDIR/<input path relative to INDIR>/<file name>: nested inputs of one
+                # basename (in/a/001, in/b/001) never meet
+                base = outdir + key[len(indir):] + "/"
+                named: dict[str, str] = {}
+                for path in files:
+                    name = os.path.basename(path)
+                    if name in named:
+                        raise CommandFailed(
+                            f"command on {self.name} for {url} printed two files named {name!r} "
+                            f"({os.path.relpath(named[name], cwd)!r} and {os.path.relpath(path, cwd)!r}): "
+                            f"both would be {keys.url(base + name)} in this run",
+                            node=self.name, key=url, exit=0, stderr="")
+                    named[name] = path
+                await run_pool([(path, base + name) for name, path in named.items()], publish,
+                               self.config.push_parallel)
             progress.done += 1
             progress.bytes += size
 
-        await run_pool(inputs, one, self.limiter.total_tokens)
+        async with self._dir_pool() as dirs:
+            await run_pool(inputs, one, self.limiter.total_tokens)
 
     async def map_from_n(self, msg: dict, progress: Progress) -> None:
-        _, inputs = self._inputs(msg)
-        outdir = msg["outdir"].rstrip("/") + "/"
-        groups: dict[str, list[tuple[str, int]]] = {}
-        for key, size in inputs:
+        _, outdir, inputs = self._start(msg, progress)
+        groups: dict[str, list[str]] = {}
+        for key in inputs:
             name = keys.basename(key)
-            groups.setdefault(placement.numeric_prefix(name) or name, []).append((key, size))
-        progress.total = len(inputs)
+            groups.setdefault(placement.numeric_prefix(name) or name, []).append(key)
 
-        async def one(members) -> None:
-            paths = "".join([await self.verified(k) + "\n" for k, _ in members])
-            name = group_name([k for k, _ in members])
-            listing = self.storage.new_temp("in")
+        async def one(members: list[str]) -> None:
+            members.sort()
+            paths, total = [], 0
+            for key in members:
+                path, size, _ = self.storage.stat(key)
+                paths.append(path + "\n")
+                total += size
+            name = group_name(members)
+            fd = os.memfd_create("s4d-listing", os.MFD_CLOEXEC)  # the command's stdin
             try:
-                with open(listing, "w") as f:
-                    f.write(paths)
-                async with self.command(msg["cmd"], listing, name, msg.get("timeout"),
-                                        keys.url(outdir + name)) as (out, _):
-                    await self._publish(out, outdir + name)
+                os.write(fd, "".join(paths).encode())
+                os.lseek(fd, 0, os.SEEK_SET)
+                # the members are checked one after another beside the command, which
+                # opens them by path: inline when they are small in total, else in a thread
+                check = partial(self._check_members, members)
+                if total <= limits.HASH_INLINE_MAX_BYTES:
+                    await check()
+                    check = None
+                async with self.command(msg["cmd"], fd, name, msg.get("timeout"),
+                                        keys.url(outdir + name), check, dirs) as (out, out_fd, _):
+                    await self._publish(out, outdir + name, out_fd)
             finally:
-                self.storage.discard(listing)
+                os.close(fd)
             progress.done += len(members)
-            progress.bytes += sum(size for _, size in members)
+            progress.bytes += total
 
-        await run_pool(list(groups.values()), one, self.limiter.total_tokens)
+        async with self._dir_pool() as dirs:
+            await run_pool(list(groups.values()), one, self.limiter.total_tokens)
+
+    async def _check_members(self, members: list[str]) -> None:
+        for key in members:
+            fd, size, stored = self._open_key(key)
+            try:
+                await self._check(key, fd, size, stored)
+            finally:
+                os.close(fd)
 
     @asynccontextmanager
     async def eval(self, key: str, cmd: str, timeout: float | None):
         """Run cmd over a key; yield the temp file holding its stdout."""
-        async with self.command(cmd, await self.verified(key), keys.basename(key), timeout,
-                                keys.url(key)) as (out, _):
+        async with self._key_command(cmd, key, timeout) as (out, _, _, _):
             yield out
 
 
-def _printed_files(listing: str, cwd: str, node: str, what: str) -> list[str]:
-    """The files a map-to-n command printed: each must exist inside its temp dir."""
-    with open(listing, "rb") as f:
-        lines = f.read(limits.FRAME_MAX_BYTES).decode(errors="replace").splitlines()
+async def _hash(fd: int, size: int) -> str:
+    """xxh3 of the first size bytes of fd: on the event loop when small, else in a thread."""
+    if size <= limits.HASH_INLINE_MAX_BYTES:
+        return checksum.hash_fd(fd, size)
+    return await trio.to_thread.run_sync(checksum.hash_fd, fd, size, limiter=HASHING)
+
+
+async def _both(check: Callable[[], Awaitable[None]], command: Awaitable[None]) -> None:
+    """Run check() beside the command; raise the check's S4Error if it fails (it
+    cancels the command), else the command's. Either way both have ended."""
+    failed: dict[str, S4Error] = {}
+
+    async def checking(scope: trio.CancelScope) -> None:
+        try:
+            await check()
+        except S4Error as e:
+            failed["check"] = e
+            scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(checking, nursery.cancel_scope)
+        try:
+            await command
+        except S4Error as e:
+            failed["command"] = e
+    if failed:
+        raise failed.get("check") or failed["command"]
+
+
+def _stamp(d: str) -> tuple:
+    st = os.lstat(d)
+    return st.st_ino, st.st_mode, st.st_uid, st.st_mtime_ns
+
+
+def _untouched(cwd: str, made: tuple) -> bool:
+    """The command dir is as it was made: nothing was created, removed or
+    renamed in it (its mtime, set to 0 when it was made, would be now), and it
+    is the same dir with the same mode. One lstat; a dir a command did use is
+    removed rather than read through."""
+    try:
+        return _stamp(cwd) == made
+    except OSError:
+        return False
+
+
+def _printed_files(listing: int, cwd: str, node: str, what: str) -> list[str]:
+    """The files a map-to-n command printed (its stdout, the fd `listing`):
+    each must exist inside its temp dir."""
+    lines = os.pread(listing, limits.FRAME_MAX_BYTES, 0).decode(errors="replace").splitlines()
     files: dict[str, None] = {}
     for line in lines:
         if not line.strip():
@@ -285,77 +487,3 @@ def _printed_files(listing: str, cwd: str, node: str, what: str) -> list[str]:
                                 node=node, key=what, exit=0, stderr="")
         files[path] = None
     return list(files)
-
-
-def _spawn(path: str, argv: list[str], stdin: int, stdout: int, cwd: str, env: dict):
-    """Start the program at path as argv in a new session (its own process group);
-    return it, a pidfd that turns readable when it exits, and its stderr (the
-    non-blocking read end of a pipe). On the event loop, not in a worker thread:
-    Popen vforks, so this waits for the exec and no longer."""
-    r, w = os.pipe()
-    try:
-        proc = subprocess.Popen(argv, executable=path, stdin=stdin, stdout=stdout, stderr=w,
-                                cwd=cwd, env=env, start_new_session=True)
-    except BaseException:
-        os.close(r)
-        raise
-    finally:
-        os.close(w)
-    os.set_blocking(r, False)
-    try:
-        return proc, os.pidfd_open(proc.pid), r
-    except OSError:  # out of fds: it could not be waited for
-        _kill_group(proc)
-        os.close(r)
-        raise
-
-
-async def _wait(pidfd: int, stderr: int) -> bytes:
-    """Wait for a command to exit; return the tail of its stderr. One epoll set
-    holds both fds, so one task waits for either: no reader task per command."""
-    tail = bytearray()
-    with select.epoll() as ready:
-        ready.register(pidfd, select.EPOLLIN)
-        ready.register(stderr, select.EPOLLIN)
-        while True:
-            await trio.lowlevel.wait_readable(ready.fileno())
-            for fd, _ in ready.poll(0):
-                if fd == pidfd:  # what it wrote before it exited is in the pipe: at most its size
-                    _read_tail(stderr, tail, limits.PIPE_BYTES)
-                    return bytes(tail)
-                if not _read_tail(stderr, tail, _READ_BYTES):  # a chunk a wake-up: no hogging
-                    ready.unregister(stderr)  # every writer closed it: only the exit is left
-
-
-def _read_tail(fd: int, tail: bytearray, most: int) -> bool:
-    """Read up to `most` bytes of what the non-blocking pipe fd holds, keeping
-    the last STDERR_TAIL_BYTES in tail; False at its end."""
-    while most > 0:
-        try:
-            data = os.read(fd, _READ_BYTES)
-        except BlockingIOError:
-            return True
-        if not data:
-            return False
-        tail += data
-        del tail[:-limits.STDERR_TAIL_BYTES]
-        most -= len(data)
-    return True
-
-
-async def _reap(proc: subprocess.Popen, pidfd: int) -> None:
-    """Kill proc's process group, then reap proc. In this order: until it is
-    reaped, its pid cannot be reused, so the group is still the one it made."""
-    _kill_group(proc)
-    if proc.poll() is None:
-        with trio.CancelScope(shield=True):  # SIGKILLed: it is gone promptly
-            await trio.lowlevel.wait_readable(pidfd)
-        proc.wait()
-    os.close(pidfd)
-
-
-def _kill_group(proc) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -41,6 +41,7 @@ import trio
 import xxhash
 
 from s4d import checksum, keys, limits, placement
+from s4d.config import DaemonConfig
 from s4d.controller import Progress, run_pool
 from s4d.errors import (BadKey, BadRequest, ChecksumMismatch, NoSpace, NotFound, S4Error,
                         Unavailable)
@@ -66,12 +67,13 @@ class Job:
 class S3:
     """A node's S3 side: its boto3 clients (one per endpoint) and its transfers."""
 
-    def __init__(self, storage: Storage, nodes: list, self_index: int, idle_s: float):
+    def __init__(self, storage: Storage, nodes: list, self_index: int, config: DaemonConfig):
         self.storage = storage
         self.nodes = nodes
         self.self_index = self_index
         self.name = "%s:%d" % nodes[self_index]
-        self.idle_s = idle_s
+        self.config = config
+        self.idle_s = config.idle_timeout_s
         self._clients: dict[str | None, object] = {}
         self._lock = threading.Lock()
 
@@ -81,9 +83,9 @@ class S3:
             if endpoint not in self._clients:
                 import boto3
                 from botocore.config import Config
-                config = Config(max_pool_connections=limits.S3_CONNECTIONS_PER_NODE,
-                                connect_timeout=limits.CONNECT_TIMEOUT_S, read_timeout=self.idle_s,
-                                retries={"max_attempts": limits.S3_RETRIES, "mode": "standard"})
+                config = Config(max_pool_connections=self.config.s3_connections_per_node,
+                                connect_timeout=self.config.connect_timeout_s, read_timeout=self.idle_s,
+                                retries={"max_attempts": self.config.s3_retries, "mode": "standard"})
                 # endpoint None: boto3 reads $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL, else AWS
                 self._clients[endpoint] = boto3.session.Session().client(
                     "s3", endpoint_url=endpoint or None, config=config)
@@ -134,13 +136,13 @@ class S3:
         S3_PARTS_PER_NODE GETs or PUTs in flight; the first error cancels the others
         (each cleans up after itself) and is raised."""
         progress.total = len(jobs)
-        parts = trio.CapacityLimiter(limits.S3_PARTS_PER_NODE)
+        parts = trio.CapacityLimiter(self.config.s3_parts_per_node)
 
         async def one(job: Job) -> None:
             await move(job, parts, progress)
             progress.done += 1
 
-        await run_pool(jobs, one, limits.S3_OBJECTS_PER_NODE)
+        await run_pool(jobs, one, self.config.s3_objects_per_node)
 
     # --- import ---------------------------------------------------------------------
     async def s3_import(self, msg: dict, progress: Progress) -> None:

@@ -373,7 +373,7 @@ class Server:
     def _s3(self):
         if getattr(self, "s3", None) is None:
             from s4d.s3 import S3
-            self.s3 = S3(self.storage, self.nodes, self.self_index, self.idle_s)
+            self.s3 = S3(self.storage, self.nodes, self.self_index, self.config)
         return self.s3
 
     async def _reporting(self, op: str, sock, msg: dict, work) -> dict:

@@ -355,6 +355,31 @@ class Storage:
             return []
         return [(key, size) for key, size, _ in self._walk(d, rel)]
 
+    def iter_keys_under(self, indir: str):
+        """Wire keys below the directory `indir` (wire, ends in '/'), lazily: one
+        directory's names read at a time, no stat per key (a map over 100,000
+        keys keeps no list of them)."""
+        d, rel, _ = self._dir_of(indir)
+        if rel and self._inside(d):
+            yield from self._iter_names(d, rel)
+
+    def _iter_names(self, d: str, rel: str):
+        files, dirs = [], []
+        try:
+            with os.scandir(d) as it:
+                for e in it:
+                    if e.is_dir(follow_symlinks=False):
+                        dirs.append(e.name)
+                    elif e.is_file(follow_symlinks=False):
+                        files.append(e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for name in files:
+            yield rel + name
+        del files
+        for name in dirs:
+            yield from self._iter_names(os.path.join(d, name), rel + name + "/")
+
     def usage(self) -> tuple[int, int]:
         count = size = 0
         for e in self._children(self.root, "", top=True):

@@ -559,3 +559,116 @@ def test_interrupting_s4ctl_stops_the_map_on_every_node(cluster):
     assert_no_commands_left(cluster)
     assert stored(cluster, "s4://b/out/") == {}
     assert_no_temp_files(cluster, timeout=10)
+
+
+# --- the input's check, beside the command ------------------------------------------------
+def corrupt(path, offset: int) -> None:
+    """Flip one byte of a stored key in place (its checksum xattr stays)."""
+    path.chmod(0o644)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 1]))
+    path.chmod(0o444)
+
+
+@pytest.mark.parametrize("size", [1000, 3 * 1024 * 1024 + 5],
+                         ids=["small, checked first", "big, checked beside"])
+def test_a_key_corrupted_on_disk_fails_every_kind_of_command_and_publishes_nothing_from_it(cluster, size):
+    line = b"%0*d\n" % (99, 7)
+    put_files(cluster, "s4://b/in/", {"000_k": line * (size // 100), "003_fine": line})
+    url = "s4://b/in/000_k"
+    corrupt(cluster.key_path(cluster.node_of(url), url), size // 2)
+    proc = cluster.s4ctl("eval", url, "cat", input=b"", check=False)
+    assert proc.returncode == 1 and b"corrupt" in proc.stderr and url.encode() in proc.stderr
+    assert proc.stdout == b""
+    # the commands succeed: only the check can stop their outputs
+    for op, cmd in [("map", "cat"), ("map-to-n", "cat > 003_x; echo 003_x"), ("map-from-n", "xargs cat")]:
+        proc = cluster.s4ctl(op, "s4://b/in/", f"s4://b/{op}/", cmd, check=False)
+        assert proc.returncode == 1 and "corrupt" in proc.stderr and url in proc.stderr, proc.stderr
+        assert not [k for k in stored(cluster, f"s4://b/{op}/") if "000" in k], op
+    assert_no_temp_files(cluster, timeout=10)
+
+
+# --- commands die with their daemon ---------------------------------------------------------
+def sleeps(cluster) -> list:
+    """The `sleep` processes among the cluster's commands."""
+    import psutil
+    found = []
+    for p in cluster.command_processes():
+        try:
+            if p.name() == "sleep":
+                found.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("cmd", ["sleep 1000", "sleep 1000; cat"])
+def test_commands_of_a_sigkilled_daemon_are_killed_with_it(make_cluster, cmd):
+    cluster = make_cluster(nodes=1)
+    put_files(cluster, "s4://b/in/", numbered(3))
+    proc = subprocess.Popen([S4CTL, "map", "s4://b/in/", "s4://b/out/", cmd], env=cluster.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: len(sleeps(cluster)) == 3, timeout=15)
+        cluster.kill(0)
+        assert wait_until(lambda: not cluster.command_processes(), timeout=10), \
+            [p.pid for p in cluster.command_processes()]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_commands_left_by_a_daemon_killed_with_its_watchdog_die_when_it_starts_again(make_cluster):
+    import psutil
+    cluster = make_cluster(nodes=1)
+    put_files(cluster, "s4://b/in/", numbered(2))
+    proc = subprocess.Popen([S4CTL, "map", "s4://b/in/", "s4://b/out/", "sleep 1000"],
+                            env=cluster.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: len(sleeps(cluster)) == 2, timeout=15)
+        watchdogs = [p for p in psutil.Process(cluster.pid(0)).children()
+                     if any("orphans.py" in a for a in p.cmdline())]
+        assert len(watchdogs) == 1
+        watchdogs[0].kill()  # a zombie until its parent goes: no wait
+        cluster.kill(0)
+        time.sleep(0.5)
+        assert len(sleeps(cluster)) == 2  # nothing left to kill them ...
+        cluster.start(0)
+        assert wait_until(lambda: not cluster.command_processes(), timeout=10)  # ... until it starts
+    finally:
+        proc.kill()
+        proc.wait()
+        for p in cluster.command_processes():
+            p.kill()
+
+
+# --- names and messages --------------------------------------------------------------------
+def test_map_to_n_names_outputs_by_the_inputs_path_under_indir_so_nested_inputs_never_collide(cluster):
+    put_files(cluster, "s4://b/in/", {"a/001.csv": "a\n", "b/001.csv": "b\n", "002.csv": "c\n"})
+    cluster.s4ctl("map-to-n", "s4://b/in/", "s4://b/out/", "cat > 000_part; echo 000_part")
+    assert {k: v for k, (_, v) in stored(cluster, "s4://b/out/").items()} == {
+        "s4://b/out/a/001.csv/000_part": b"a\n", "s4://b/out/b/001.csv/000_part": b"b\n",
+        "s4://b/out/002.csv/000_part": b"c\n"}
+    # two printed files of one name are named as the collision they are, not as "key exists"
+    proc = cluster.s4ctl("map-to-n", "s4://b/in/a/", "s4://b/twice/",
+                         "mkdir x y; cat > x/f; cp x/f y/f; echo x/f; echo y/f", check=False)
+    assert proc.returncode == 1
+    assert "two files named 'f'" in proc.stderr and "s4://b/twice/001.csv/f" in proc.stderr, proc.stderr
+    assert "exists" not in proc.stderr
+    assert stored(cluster, "s4://b/twice/") == {}
+
+
+def test_a_failed_commands_error_names_its_signal_and_says_it_ran_under_pipefail(cluster):
+    put_files(cluster, "s4://b/in/", numbered(1))
+    proc = cluster.s4ctl("map", "s4://b/in/", "s4://b/o1/", "kill -s TERM $$", check=False)
+    assert proc.returncode == 1 and "killed by SIGTERM" in proc.stderr, proc.stderr
+    proc = cluster.s4ctl("map", "s4://b/in/", "s4://b/o2/", "yes | (read x; kill -s PIPE $BASHPID)",
+                         check=False)
+    assert proc.returncode == 1 and "SIGPIPE" in proc.stderr, proc.stderr
+    proc = cluster.s4ctl("map", "s4://b/in/", "s4://b/o3/", "grep nothing-matches", check=False)
+    assert proc.returncode == 1 and "exit 1" in proc.stderr and "bash -euo pipefail" in proc.stderr
+    proc = cluster.s4ctl("map", "s4://b/in/", "s4://b/o4/", "  ", check=False)
+    assert proc.returncode == 1 and "empty" in proc.stderr, proc.stderr
