@@ -279,9 +279,20 @@ class Daemon:
         self.canary_before = _snapshot(self.canary)
         time.sleep(0.5)
         self.fds_baseline = self.fds()
+        self.fds_at_baseline = self.open_files()
 
     def fds(self) -> int:
         return self.proc.num_fds()
+
+    def open_files(self) -> list[str]:
+        """What the daemon's fds are, for a failure's message."""
+        out = []
+        for fd in sorted(os.listdir(f"/proc/{self.pid}/fd"), key=int):
+            try:
+                out.append(f"{fd}->{os.readlink(f'/proc/{self.pid}/fd/{fd}')}")
+            except OSError:
+                pass
+        return out
 
     def round_trip(self, size: int = 300_000) -> None:
         """A well-formed put and get through the real client."""
@@ -316,7 +327,8 @@ class Daemon:
         while (self.temp_files() or self.fds() > self.fds_baseline) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not self.temp_files(), self.temp_files()
-        assert self.fds() <= self.fds_baseline, f"fds {self.fds()} > baseline {self.fds_baseline}"
+        assert self.fds() <= self.fds_baseline, \
+            f"fds {self.fds()} > baseline {self.fds_baseline}: {self.open_files()} (was {self.fds_at_baseline})"
         log = self.cluster.logs[0].read_text()
         assert "Traceback" not in log and "internal error" not in log, log[-3000:]
 

@@ -19,6 +19,7 @@ import trio
 import xxhash
 
 from s4d import limits, placement, protocol, push
+from s4d.config import DaemonConfig
 from s4d.errors import BadRequest, ChecksumMismatch, ProtocolError, Unavailable
 from tests.cluster import S4CTL, assert_one_line_error, free_port, recv_frame
 
@@ -206,7 +207,7 @@ def test_a_sender_that_dies_in_the_middle_of_an_entry_leaves_no_key_and_no_temp_
 
 # --- the sender, in this process, against a real node ------------------------------------
 def pusher_for(cluster) -> push.Pusher:
-    return push.Pusher([("127.0.0.1", p) for p in cluster.ports], limits.IDLE_TIMEOUT_S)
+    return push.Pusher([("127.0.0.1", p) for p in cluster.ports], DaemonConfig())
 
 
 async def test_the_pusher_hashes_while_sending_when_given_no_digest_and_reuses_one_connection(
@@ -245,7 +246,7 @@ async def test_an_unreachable_node_fails_the_push_naming_key_and_node(tmp_path):
     port = free_port()  # nothing listens there
     path = tmp_path / "f"
     path.write_bytes(b"x")
-    pusher = push.Pusher([("127.0.0.1", port)], limits.IDLE_TIMEOUT_S)
+    pusher = push.Pusher([("127.0.0.1", port)], DaemonConfig())
     with pytest.raises(Unavailable, match=f"cannot reach 127.0.0.1:{port} to store s4://b/k"):
         await pusher.push(0, "b/k", str(path), None)
 

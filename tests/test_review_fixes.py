@@ -264,19 +264,21 @@ def test_a_map_whose_second_connect_fails_closes_the_first_connection(cluster):
     assert dead[1] and str(dead[1]) in failed.value.message
 
 
-def test_a_download_removes_temp_files_that_killed_downloads_left_beside_its_destination(cluster):
+def test_a_download_removes_temp_files_that_killed_downloads_left_in_its_directory(cluster):
     cluster.s4ctl("cp", "-", "s4://b/d/k", input="data")
     out = cluster.root / "out"
     out.mkdir()
     dead_pid = _dead_pid()
     stale = out / f".k.s4tmp.{dead_pid}.140000000000"
     live = out / f".k.s4tmp.{os.getpid()}.140000000000"  # a download still running: kept
-    other = out / f".j.s4tmp.{dead_pid}.1"               # another destination's: kept
-    for p in (stale, live, other):
+    other = out / f".j.s4tmp.{dead_pid}.1"               # another destination's, dead: removed too
+    other_live = out / f".j.s4tmp.{os.getpid()}.1"       # another destination's, running: kept
+    for p in (stale, live, other, other_live):
         p.write_bytes(b"partial")
     cluster.s4ctl("cp", "s4://b/d/k", f"{out}/")
     assert (out / "k").read_text() == "data"
-    assert not stale.exists() and live.exists() and other.exists()
+    assert not stale.exists() and not other.exists()
+    assert live.exists() and other_live.exists()
 
 
 def _dead_pid() -> int:
