@@ -119,8 +119,7 @@ class Pusher:
         self.pool_idle_s = min(limits.PUSH_POOL_IDLE_S, idle_timeout_s / 2)
         self.linger_s = min(limits.PUSH_LINGER_S, idle_timeout_s / 4)  # well inside the peer's patience
         self.peers: dict[int, _Peer] = {}
-        self._nursery: trio.Nursery | None = None
-        self._started: trio.Event | None = None
+        self._nursery: trio.Nursery | None = None  # run()'s: where the streams live
 
     async def push(self, node: int, key: str, path: str, digest: str | None,
                    size: int | None = None) -> None:
@@ -133,7 +132,8 @@ class Pusher:
         entry = _Entry(key, path, digest, size)
         peer.queue.append(entry)
         peer.notify()
-        await self._host_ready()
+        if self._nursery is None:
+            raise Unavailable(f"cannot push {keys.url(key)}: this node is not serving")
         if peer.streams < limits.PUSH_STREAMS_PER_PEER:
             peer.streams += 1
             self._nursery.start_soon(self._lane, peer)
@@ -146,22 +146,15 @@ class Pusher:
             raise entry.error
 
     # --- where the streams run --------------------------------------------------------
-    async def _host_ready(self) -> None:
-        """The streams outlive the map that queued their first entry (others join
-        them), so they run in a nursery of their own: a system task, started on
-        the first push and cancelled when the daemon's run ends."""
-        if self._nursery is not None:
-            return
-        if self._started is None:
-            self._started = trio.Event()
-            trio.lowlevel.spawn_system_task(self._host, name="s4d push streams")
-        await self._started.wait()
-
-    async def _host(self) -> None:
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Host the push streams for the daemon's life (started by Server.serve):
+        a stream outlives the map that queued its first entry (others join it),
+        so it runs here, not in that map's nursery. Also closes idle pooled
+        connections."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            self._started.set()
-            nursery.start_soon(self._close_idle_forever)
+            task_status.started()
+            await self._close_idle_forever()
 
     async def _close_idle_forever(self) -> None:
         while True:

@@ -51,6 +51,8 @@ class Server:
         self.pusher = push.Pusher(nodes, config)
         self._accepting = trio.CancelScope()
         self._sweeping = trio.CancelScope()
+        self._stopping = False
+        self._waiting: set[trio.CancelScope] = set()  # connections between requests
 
     # --- lifecycle ---------------------------------------------------------------
     async def serve(self, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -60,6 +62,7 @@ class Server:
         listeners = await trio.open_tcp_listeners(port, host=host)
         async with trio.open_nursery() as connections:
             connections.start_soon(self._sweep_forever)
+            await connections.start(self.pusher.run)
             with self._accepting:
                 async with trio.open_nursery() as acceptors:
                     for listener in listeners:
@@ -72,7 +75,12 @@ class Server:
             self._sweeping.cancel()
 
     def stop(self) -> None:
+        """No new connections; a connection waiting for its next request closes now
+        (an idle client would otherwise hold the stop for the whole grace period)."""
         self._accepting.cancel()
+        self._stopping = True
+        for waiting in self._waiting:
+            waiting.cancel()
 
     async def _accept_forever(self, listener, connections: trio.Nursery) -> None:
         while True:
@@ -110,16 +118,22 @@ class Server:
 
     async def _serve_request(self, sock, peer: str) -> bool:
         """Serve one request; False when the connection should close."""
+        if self._stopping:
+            return False
+        waiting = trio.CancelScope()  # stop() cancels it: no request is being served yet
+        self._waiting.add(waiting)
         try:
             # a whole request frame within the idle timeout: a trickle cannot hold the connection
-            with Idle(self.idle_s, "waiting for a request", reset=False) as idle:
+            with waiting, Idle(self.idle_s, "waiting for a request", reset=False) as idle:
                 msg = await recv_frame(sock, idle)
         except S4Error as e:
             if isinstance(e, ProtocolError):
                 log.warning("%s from %s", e.message, peer)
                 await self._reply_error(sock, e)
             return False
-        if msg is None:
+        finally:
+            self._waiting.discard(waiting)
+        if msg is None or waiting.cancelled_caught:
             return False
         started = trio.current_time()
         op = msg.get("op")

@@ -9,6 +9,7 @@ receiving node is busy, and where it is killed mid-stream.
 from __future__ import annotations
 
 import os
+from contextlib import asynccontextmanager
 import signal
 import socket
 import subprocess
@@ -206,27 +207,43 @@ def test_a_sender_that_dies_in_the_middle_of_an_entry_leaves_no_key_and_no_temp_
 
 
 # --- the sender, in this process, against a real node ------------------------------------
-def pusher_for(cluster) -> push.Pusher:
-    return push.Pusher([("127.0.0.1", p) for p in cluster.ports], DaemonConfig())
+@asynccontextmanager
+async def running(nodes: list):
+    """A Pusher serving as a daemon's does (its streams in a nursery of its own)."""
+    pusher = push.Pusher(nodes, DaemonConfig())
+    failed: list[Exception] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pusher.run)
+        try:
+            yield pusher
+        except Exception as e:  # raised as itself, not in the nursery's ExceptionGroup
+            failed.append(e)
+        nursery.cancel_scope.cancel()
+    if failed:
+        raise failed[0]
+
+
+def pusher_for(cluster):
+    return running([("127.0.0.1", p) for p in cluster.ports])
 
 
 async def test_the_pusher_hashes_while_sending_when_given_no_digest_and_reuses_one_connection(
         shared, b, tmp_path):
-    pusher = pusher_for(shared)
     small, big = tmp_path / "small", tmp_path / "big"
     small.write_bytes(b"small\n")
     big.write_bytes(os.urandom(5 << 20))
     keys = [f"{b}/p/{i:03d}" for i in (1, 4, 7, 10)]
-    await pusher.push(1, keys[0], str(small), None)
-    await pusher.push(1, keys[1], str(big), None, big.stat().st_size)
-    await trio.sleep(limits.PUSH_LINGER_S + 0.3)  # the stream ended: its connection is pooled
-    assert len(pusher.peers[1].pool) == 1
-    pooled = pusher.peers[1].pool[0][1]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(pusher.push, 1, keys[2], str(small), xxhash.xxh3_64_hexdigest(b"small\n"))
-        nursery.start_soon(pusher.push, 1, keys[3], str(big), None)
-    await trio.sleep(limits.PUSH_LINGER_S + 0.3)
-    assert [conn for _, conn in pusher.peers[1].pool] == [pooled]
+    async with pusher_for(shared) as pusher:
+        await pusher.push(1, keys[0], str(small), None)
+        await pusher.push(1, keys[1], str(big), None, big.stat().st_size)
+        await trio.sleep(limits.PUSH_LINGER_S + 0.3)  # the stream ended: its connection is pooled
+        assert len(pusher.peers[1].pool) == 1
+        pooled = pusher.peers[1].pool[0][1]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pusher.push, 1, keys[2], str(small), xxhash.xxh3_64_hexdigest(b"small\n"))
+            nursery.start_soon(pusher.push, 1, keys[3], str(big), None)
+        await trio.sleep(limits.PUSH_LINGER_S + 0.3)
+        assert [conn for _, conn in pusher.peers[1].pool] == [pooled]
     for key, path in zip(keys, (small, big, small, big)):
         assert stored(shared, 1, key) == path.read_bytes()
         assert os.getxattr(shared.data_dirs[1] / key, "user.s4.xxh3").decode() == \
@@ -237,8 +254,8 @@ async def test_a_wrong_digest_is_refused_by_the_receiver_naming_key_and_node(sha
     path = tmp_path / "f"
     path.write_bytes(b"these bytes\n")
     with pytest.raises(ChecksumMismatch, match=f"s4://{b}/p/002.*{shared.address(2)}"):
-        await pusher_for(shared).push(2, f"{b}/p/002", str(path),
-                                      xxhash.xxh3_64_hexdigest(b"other bytes\n"))
+        async with pusher_for(shared) as pusher:
+            await pusher.push(2, f"{b}/p/002", str(path), xxhash.xxh3_64_hexdigest(b"other bytes\n"))
     assert stored(shared, 2, f"{b}/p/002") is None
 
 
@@ -246,9 +263,9 @@ async def test_an_unreachable_node_fails_the_push_naming_key_and_node(tmp_path):
     port = free_port()  # nothing listens there
     path = tmp_path / "f"
     path.write_bytes(b"x")
-    pusher = push.Pusher([("127.0.0.1", port)], DaemonConfig())
     with pytest.raises(Unavailable, match=f"cannot reach 127.0.0.1:{port} to store s4://b/k"):
-        await pusher.push(0, "b/k", str(path), None)
+        async with running([("127.0.0.1", port)]) as pusher:
+            await pusher.push(0, "b/k", str(path), None)
 
 
 # --- whole maps ------------------------------------------------------------------------------
