@@ -128,7 +128,7 @@ def step_big(c: Cluster, r: Report, work: Path, keys: int, size: int, reps: int)
         t["map wc"].append(c.timed("map", "s4://bb/in", f"s4://bb/wc{rep}", "wc -l"))
         ready(files)
         t["local split"].append(bash(f"for f in {local}/*; do d={parts}/${{f##*/}}; mkdir $d; "
-                                     f"(cd $d && {SPLIT} < $f >/dev/null); done"))
+                                     f"(cd $d && {SPLIT}) < $f >/dev/null; done"))
         ready(c.stored("bb/in"))
         t["to-n"].append(c.timed("map-to-n", "s4://bb/in", f"s4://bb/split{rep}", SPLIT))
         ready(list(parts.rglob("*_part")))
