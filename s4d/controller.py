@@ -21,12 +21,10 @@ the server). The first failure cancels the rest of this node's work.
 """
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import re
 import shutil
-import stat
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -36,8 +34,8 @@ import trio
 
 from s4d import checksum, keys, limits, orphans, placement, process
 from s4d.config import DaemonConfig
-from s4d.errors import BadRequest, ChecksumMismatch, CommandFailed, NoSpace, NotFound, S4Error, Timeout
-from s4d.storage import XATTR, Storage
+from s4d.errors import BadRequest, ChecksumMismatch, CommandFailed, NoSpace, S4Error, Timeout
+from s4d.storage import Storage
 from s4d.transfer import HASHING
 
 Push = Callable[[int, str, str, str, int], Awaitable[None]]
@@ -217,29 +215,6 @@ class Controller:
                 self.storage.discard(d)
 
     # --- inputs, checked ---------------------------------------------------------------
-    def _open_key(self, key: str) -> tuple[int, int, str]:
-        """(fd, size, stored checksum) of a key, the checksum read from the open
-        file itself: what is hashed is what the command reads. The file must be
-        a regular file at its own path, no symlink on the way (where the fd
-        points is read back from /proc: one syscall, not an lstat per component)."""
-        path = self.storage.path(key)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as e:
-            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EISDIR):
-                raise NotFound(f"no such key: {keys.url(key)}") from None
-            raise
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or os.readlink(f"/proc/self/fd/{fd}") != path:
-                raise NotFound(f"no such key: {keys.url(key)}")
-            return fd, st.st_size, os.getxattr(fd, XATTR).decode()
-        except BaseException as e:
-            os.close(fd)
-            if isinstance(e, OSError) and e.errno == errno.ENODATA:
-                raise NotFound(f"no checksum stored for {keys.url(key)}") from None
-            raise
-
     def _mismatch(self, key: str, stored: str, digest: str) -> ChecksumMismatch:
         return ChecksumMismatch(f"checksum mismatch: {keys.url(key)} is corrupt on {self.name}: "
                                 f"stored xxh3 {stored}, its bytes hash to {digest}", node=self.name)
@@ -258,7 +233,7 @@ class Controller:
         hashed before the command starts (cheaper than a thread: measured), a
         big one by a thread while the command reads it (the two share the page
         cache: one read from disk)."""
-        fd, size, stored = self._open_key(key)
+        fd, size, stored = self.storage.open_key(key)
         try:
             check = None
             if size <= limits.HASH_INLINE_MAX_BYTES:
@@ -275,7 +250,7 @@ class Controller:
         """The path of a key whose bytes still hash to the checksum stored at write
         time (for `get` with verify: the reader cannot take bytes back)."""
         path, _, _ = self.storage.stat(key)
-        fd, size, stored = self._open_key(key)
+        fd, size, stored = self.storage.open_key(key)
         try:
             await self._check(key, fd, size, stored)
         finally:
@@ -412,7 +387,7 @@ class Controller:
 
     async def _check_members(self, members: list[str]) -> None:
         for key in members:
-            fd, size, stored = self._open_key(key)
+            fd, size, stored = self.storage.open_key(key)
             try:
                 await self._check(key, fd, size, stored)
             finally:
