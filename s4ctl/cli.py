@@ -749,13 +749,9 @@ def _s3_cp(args: dict, conf_path) -> int:
             obj += keys.basename(path)
     client = _client(args, conf_path)
     label = "import" if importing else "export"
-    progress = _Progress(label)
-    try:
+    with _Progress(label) as progress:
         result = getattr(client, "s3_" + label)(path, bucket, obj, args["--recursive"],
                                                 args.get("--endpoint-url"), on_progress=progress)
-    finally:
-        if progress.tty:
-            sys.stderr.write("\r\033[K")
     if result["total"] == 0:
         raise UsageError(f"no {'objects' if importing else 'keys'} under {src}")
     progress.summary(result, len(client.nodes))
@@ -849,7 +845,8 @@ def cmd_eval(args: dict, conf_path) -> int:
 
 # --- maps ------------------------------------------------------------------------------
 class _Progress:
-    """Keys done / total and MB/s on stderr while a map runs (only on a terminal)."""
+    """Keys done / total and MB/s on stderr while a map, an S3 copy or a cp -r runs
+    (only on a terminal)."""
 
     def __init__(self, label: str):
         import time
@@ -857,6 +854,18 @@ class _Progress:
         self.tty = sys.stderr is not None and sys.stderr.isatty()
         self.started = time.monotonic()
         self.last = 0.0
+
+    def __enter__(self) -> "_Progress":
+        """While work spread over the nodes runs: until every node has counted its
+        keys there are no figures (never a 0/0); the line is cleared at the end."""
+        if self.tty:
+            sys.stderr.write(f"{self.label}: waiting for nodes")
+            sys.stderr.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.tty:
+            sys.stderr.write("\r\033[K")
 
     def __call__(self, done: int, total: int, nbytes: int) -> None:
         import time
@@ -882,13 +891,10 @@ def _run_map(op: str, args: dict, conf_path) -> int:
     label = op.replace("_", "-")
     cmd = _command(args)
     client = _client(args, conf_path)
-    progress = _Progress(label)
-    if progress.tty:  # figures only once every node has counted its keys, never a 0/0
-        sys.stderr.write(f"{label}: waiting for nodes")
-        sys.stderr.flush()
     try:
-        result = getattr(client, op)(keys.strip_scheme(indir), keys.strip_scheme(outdir),
-                                     cmd, timeout=_timeout(args), on_progress=progress)
+        with _Progress(label) as progress:
+            result = getattr(client, op)(keys.strip_scheme(indir), keys.strip_scheme(outdir),
+                                         cmd, timeout=_timeout(args), on_progress=progress)
     except Exists as e:
         if not e.message.startswith("key exists"):
             raise
@@ -897,9 +903,6 @@ def _run_map(op: str, args: dict, conf_path) -> int:
         raise Exists(f"{label}: the output {key} exists already (keys are immutable): an earlier "
                      f"or concurrent run into {outdir} wrote it; to run again: s4ctl rm -r "
                      f"{outdir}") from None
-    finally:
-        if progress.tty:
-            sys.stderr.write("\r\033[K")
     if result["total"] == 0:
         raise UsageError(f"no keys under {indir}")
     progress.summary(result, len(client.nodes))
