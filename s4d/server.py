@@ -60,19 +60,21 @@ class Server:
         if removed:
             log.info("swept %d leftover temp files", removed)
         listeners = await trio.open_tcp_listeners(port, host=host)
-        async with trio.open_nursery() as connections:
-            connections.start_soon(self._sweep_forever)
-            await connections.start(self.pusher.run)
-            with self._accepting:
-                async with trio.open_nursery() as acceptors:
-                    for listener in listeners:
-                        acceptors.start_soon(self._accept_forever, listener, connections)
-                    task_status.started()
-            # stop(): no new connections; in-flight work gets a grace period
-            for listener in listeners:
-                await listener.aclose()
-            connections.cancel_scope.deadline = trio.current_time() + self.config.stop_grace_s
-            self._sweeping.cancel()
+        async with trio.open_nursery() as pushing:  # outlives every handler that may push
+            await pushing.start(self.pusher.run)
+            async with trio.open_nursery() as connections:
+                connections.start_soon(self._sweep_forever)
+                with self._accepting:
+                    async with trio.open_nursery() as acceptors:
+                        for listener in listeners:
+                            acceptors.start_soon(self._accept_forever, listener, connections)
+                        task_status.started()
+                # stop(): no new connections; in-flight work gets a grace period
+                for listener in listeners:
+                    await listener.aclose()
+                connections.cancel_scope.deadline = trio.current_time() + self.config.stop_grace_s
+                self._sweeping.cancel()
+            pushing.cancel_scope.cancel()  # no handler is left to wait for a push
 
     def stop(self) -> None:
         """No new connections; a connection waiting for its next request closes now
