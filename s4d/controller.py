@@ -32,11 +32,11 @@ from typing import Awaitable, Callable, Iterable, Iterator
 
 import trio
 
-from s4d import checksum, keys, limits, orphans, placement, process
+from s4d import keys, limits, orphans, placement, process
 from s4d.config import DaemonConfig
 from s4d.errors import BadRequest, ChecksumMismatch, CommandFailed, NoSpace, S4Error, Timeout
 from s4d.storage import Storage
-from s4d.transfer import HASHING
+from s4d.transfer import hash_range_async
 
 Push = Callable[[int, str, str, str, int], Awaitable[None]]
 log = logging.getLogger("s4d")
@@ -221,7 +221,7 @@ class Controller:
 
     async def _check(self, key: str, fd: int, size: int, stored: str) -> None:
         """Raise ChecksumMismatch unless the key's bytes hash to its stored checksum."""
-        digest = await _hash(fd, size)
+        digest = await hash_range_async(fd, 0, size)
         if digest != stored:
             raise self._mismatch(key, stored, digest)
 
@@ -267,7 +267,7 @@ class Controller:
             finally:
                 os.close(fd)
         size = os.fstat(fd).st_size
-        digest = await _hash(fd, size)
+        digest = await hash_range_async(fd, 0, size)
         owner = placement.node_index(key, len(self.nodes))
         if owner == self.self_index:
             try:
@@ -398,13 +398,6 @@ class Controller:
         """Run cmd over a key; yield the temp file holding its stdout."""
         async with self._key_command(cmd, key, timeout) as (out, _, _, _):
             yield out
-
-
-async def _hash(fd: int, size: int) -> str:
-    """xxh3 of the first size bytes of fd: on the event loop when small, else in a thread."""
-    if size <= limits.HASH_INLINE_MAX_BYTES:
-        return checksum.hash_fd(fd, size)
-    return await trio.to_thread.run_sync(checksum.hash_fd, fd, size, limiter=HASHING)
 
 
 async def _both(check: Callable[[], Awaitable[None]], command: Awaitable[None]) -> None:

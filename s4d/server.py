@@ -25,13 +25,13 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from s4d import __version__, checksum, errors, keys, limits, placement, protocol, push
+from s4d import __version__, errors, keys, limits, placement, protocol, push
 from s4d.config import DaemonConfig
 from s4d.controller import Controller, Progress, glob_regex, split_glob
 from s4d.errors import (BadRequest, Busy, ChecksumMismatch, NoSpace, NotFound, ProtocolError,
                         S4Error, Unavailable)
 from s4d.storage import Storage
-from s4d.transfer import (HASHING, Idle, recv_frame, recv_stream_to_file, send_frame,
+from s4d.transfer import (Idle, hash_range_async, recv_frame, recv_stream_to_file, send_frame,
                           sendfile)
 
 log = logging.getLogger("s4d")
@@ -289,7 +289,7 @@ class Server:
         fd, total, stored = self.storage.open_key(key)
         try:
             if msg.get("verify"):  # the reader cannot take bytes back (stdout): no corrupt byte leaves
-                digest = await _hash_range(fd, 0, total)
+                digest = await hash_range_async(fd, 0, total)
                 if digest != stored:
                     raise ChecksumMismatch(f"checksum mismatch: {what} is corrupt on {self.name}: "
                                            f"stored xxh3 {stored}, its bytes hash to {digest}", node=self.name)
@@ -298,7 +298,7 @@ class Server:
                 offset, figures = 0, {}
             else:
                 offset, size = protocol.get_range(msg, total)
-                reply = {"ok": True, "size": size, "xxh3": await _hash_range(fd, offset, offset + size),
+                reply = {"ok": True, "size": size, "xxh3": await hash_range_async(fd, offset, offset + size),
                          "total": total, "mtime": int(os.fstat(fd).st_mtime)}
                 figures = {"offset": offset}
             async with self.io_slot():
@@ -312,7 +312,7 @@ class Server:
             fd = os.open(out, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 size = os.fstat(fd).st_size
-                reply = {"ok": True, "size": size, "xxh3": await _hash_range(fd, 0, size)}
+                reply = {"ok": True, "size": size, "xxh3": await hash_range_async(fd, 0, size)}
                 async with self.io_slot():
                     return {"bytes": await self._send_file(sock, fd, reply, 0, "eval output")}
             finally:
@@ -437,13 +437,6 @@ class Server:
         """A stream of another node's map outputs that belong here (s4d/push.py)."""
         async with self.io_slot():
             return await push.receive(sock, self.storage, self.nodes, self.self_index, self.idle_s)
-
-
-async def _hash_range(fd: int, start: int, end: int) -> str:
-    """xxh3 of bytes [start, end) of fd: inline when small, else in a hashing thread."""
-    if end - start <= limits.HASH_INLINE_MAX_BYTES:
-        return checksum.hash_range(fd, start, end)
-    return await trio.to_thread.run_sync(checksum.hash_range, fd, start, end, limiter=HASHING)
 
 
 def _first_leaf(e: BaseException) -> BaseException:

@@ -220,8 +220,10 @@ async def recv_stream_to_file(sock, fd: int, idle: Idle) -> tuple[int, str]:
 HASHING = trio.CapacityLimiter(os.cpu_count() or 1)
 
 
-async def hash_file_async(path: str, size: int) -> str:
-    """xxh3 of a file that landed whole: inline when small, else in a thread."""
-    if size <= limits.HASH_INLINE_MAX_BYTES:
-        return checksum.hash_file(path)
-    return await trio.to_thread.run_sync(checksum.hash_file, path, limiter=HASHING)
+async def hash_range_async(fd: int, start: int, end: int) -> str:
+    """xxh3 of bytes [start, end) of fd: on the event loop when small, else in a
+    hashing thread (the caller closes fd only after this returns: a cancelled
+    to_thread call still waits for its thread)."""
+    if end - start <= limits.HASH_INLINE_MAX_BYTES:
+        return checksum.hash_range(fd, start, end)
+    return await trio.to_thread.run_sync(checksum.hash_range, fd, start, end, limiter=HASHING)

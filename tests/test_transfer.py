@@ -303,8 +303,13 @@ async def test_a_slow_but_moving_transfer_outlives_the_idle_timeout(autojump_clo
         assert trio.current_time() - started >= len(wire) - 1 > 3
 
 
-async def test_hash_file_async_matches_xxh3_for_small_and_large_files(tmp_path):
+async def test_hash_range_async_matches_xxh3_for_small_and_large_ranges(tmp_path):
     for size in (0, 10, limits.HASH_INLINE_MAX_BYTES + 1):
-        data = os.urandom(size)
+        data = os.urandom(size + 7)
         path = write_file(tmp_path / f"f{size}", data)
-        assert await transfer.hash_file_async(path, size) == xxhash.xxh3_64(data).hexdigest()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert await transfer.hash_range_async(fd, 0, size) == xxhash.xxh3_64(data[:size]).hexdigest()
+            assert await transfer.hash_range_async(fd, 7, size + 7) == xxhash.xxh3_64(data[7:]).hexdigest()
+        finally:
+            os.close(fd)
