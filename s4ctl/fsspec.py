@@ -435,8 +435,8 @@ class ReadAheadWhenSequential(ReadAheadCache):
             self.hit_count += 1
             return self.cache[start - self.start:end - self.start]
         self.miss_count += 1
-        if self.end and self.start <= start <= self.end and end - start < self.blocksize:
-            # a small read going on from the last fetch (a parser's): read ahead
+        sequential = self.end and self.start <= start <= self.end and end - start < self.blocksize
+        if sequential:  # a small read going on from the last fetch (a parser's): read ahead
             part, fetch_start, fetch_end = self.cache[start - self.start:], self.end, end + self.blocksize
         else:  # a jump, or a read of a block or more (pyarrow's): exactly what was asked
             part, fetch_start, fetch_end = b"", start, end
@@ -448,7 +448,7 @@ class ReadAheadWhenSequential(ReadAheadCache):
             self.cache = self.fetcher(fetch_start, fetch_end)
         self.total_requested_bytes += fetch_end - fetch_start
         self.start, self.end = fetch_start, fetch_start + len(self.cache)
-        if part and self._prefetch is not None and self.end < self.size:
+        if sequential and self._prefetch is not None and self.end < self.size:
             following = (self.end, min(self.size, self.end + self.blocksize))
             self._next = (*following, self._prefetch(self.fetcher, *following))
         return part + self.cache[:end - fetch_start] if part else self.cache[:end - fetch_start]

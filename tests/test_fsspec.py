@@ -23,7 +23,7 @@ import pytest
 from fsspec.tests.abstract import (AbstractCopyTests, AbstractFixtures, AbstractGetTests,
                                    AbstractOpenTests, AbstractPipeTests, AbstractPutTests)
 
-from s4ctl.fsspec import S4FileSystem
+from s4ctl.fsspec import ReadAheadWhenSequential, S4FileSystem
 from tests.cluster import Cluster
 
 MiB = 1024 * 1024
@@ -405,3 +405,22 @@ def test_a_failed_download_leaves_the_local_file_as_it_was_and_no_temp_file(shar
     s4fs.pipe(f"{b}/good", data)
     s4fs.get(f"{b}/good", str(tmp_path / "k"))
     assert (tmp_path / "k").read_bytes() == data and os.listdir(tmp_path) == ["k"]
+
+
+@pytest.mark.parametrize("read_size", [64 * 1024, 100_000])  # pandas reads 256 KiB into 8 MiB blocks: aligned
+def test_sequential_reads_get_each_next_block_fetched_ahead_aligned_to_blocks_or_not(read_size):
+    block, data = 256 * 1024, os.urandom(2 * MiB + 12345)
+    fetches = []  # (start, end, thread name)
+
+    def fetcher(start, end):
+        fetches.append((start, end, threading.current_thread().name))
+        return data[start:end]
+
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(1, "ahead") as pool:
+        cache = ReadAheadWhenSequential(block, fetcher, len(data), prefetch=pool.submit)
+        got = b"".join(cache._fetch(at, at + read_size) for at in range(0, len(data), read_size))
+    assert got == data
+    ahead = [f for f in fetches if f[2].startswith("ahead")]
+    assert len(ahead) >= len(data) // block - 2, fetches  # every block after the first two came ahead
+    assert sum(e - s for s, e, _ in fetches) < len(data) + 2 * block  # nothing fetched twice but the last
