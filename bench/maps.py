@@ -44,10 +44,10 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ab import daemons_cpu  # noqa: E402
+from push import SPLIT  # noqa: E402  split -n r/3 into 000 001 002: one output per node
 from common import (KiB, MiB, Cluster, CodeWatch, Report, RssSampler, machine,  # noqa: E402
                     make_text_file, median, ready, rmtree, warm)
 
-SPLIT = "split -n r/3 -d -a 1 - part; for i in 0 1 2; do mv part$i ${i}_part; echo ${i}_part; done"
 JOBS = (os.cpu_count() or 1) + 2  # s4d's default --max-cpu-jobs
 
 
@@ -131,8 +131,8 @@ def step_big(c: Cluster, r: Report, work: Path, keys: int, size: int, reps: int)
                                      f"(cd $d && {SPLIT}) < $f >/dev/null; done"))
         ready(c.stored("bb/in"))
         t["to-n"].append(c.timed("map-to-n", "s4://bb/in", f"s4://bb/split{rep}", SPLIT))
-        ready(list(parts.rglob("*_part")))
-        t["local cat"].append(bash(f"for g in 0 1 2; do ls {parts}/*/${{g}}_part | xargs cat > {merged}/$g; "
+        ready(list(parts.glob("*/00?")))
+        t["local cat"].append(bash(f"for g in 000 001 002; do ls {parts}/*/$g | xargs cat > {merged}/$g; "
                                    "done"))
         ready(c.stored(f"bb/split{rep}"))
         t["from-n"].append(c.timed("map-from-n", f"s4://bb/split{rep}", f"s4://bb/merged{rep}",

@@ -272,22 +272,44 @@ CP_FORMS = [
     ["a"], ["a", "b", "c"], ["-r", "-r", "a", "b"], ["--help", "a", "b"], ["-h"], ["--conf=x", "a", "b"],
     ["-rc", "x", "a", "b"], ["-x", "a", "b"], ["a", "b", "-c"], ["-c", "-r", "a", "b"],
     ["a", "--", "b"], ["--", "a", "b", "-r"], ["--", "--", "a", "b"],
+    ["--endpoint-url", "-x", "a", "b"], ["--endpoint-url=http://h", "s3://a/b", "s4://b/k"],
+]
+CP_FORMS[CP_FORMS.index(["a"]):CP_FORMS.index(["a"])] = [
+    ["--endpoint-url", "http://h:9", "s3://a/b", "s4://b/k"], ["s4://b/k", "s3://a/b", "--endpoint-url", "u"]]
+MAP_FORMS = [
+    ["s4://b/in", "s4://b/out", "wc -l"], ["--timeout", "5", "s4://b/in", "s4://b/out", "cat"],
+    ["s4://b/in", "-c", "x.conf", "s4://b/out", "cat", "--timeout", "2.5"], ["--", "s4://b/in", "o", "-x"],
+    ["-c", "x.conf", "--", "s4://b/in", "s4://b/out", "--timeout"], ["a", "b", ""],
+    # not taken by hand: docopt answers
+    ["a", "b"], ["a", "b", "c", "d"], ["--timeout=5", "a", "b", "c"], ["-r", "a", "b", "c"],
+    ["a", "b", "-x"], ["--timeout", "1", "--timeout", "2", "a", "b", "c"], ["a", "b", "c", "--timeout"],
+    ["--help", "a", "b", "c"], ["a", "--", "b", "c"],
 ]
 
 
-@pytest.mark.parametrize("words", CP_FORMS, ids=" ".join)
-def test_cp_arguments_parsed_by_hand_mean_what_docopt_says(words):
+def _parsed_by_hand_as_by_docopt(command: str, words: list[str], forms: list[list[str]], first_refused):
     from docopt import DocoptExit, docopt
 
-    from s4ctl.cli import DOCS, quick_cp
-    quick = quick_cp(words)
-    try:
-        full = docopt(DOCS["cp"], argv=["cp", *words], default_help=False)  # no help: --help is an option
+    from s4ctl.cli import DOCS, quick_args
+    quick = quick_args(command, words)
+    try:  # no help: --help is an option
+        full = docopt(DOCS[command], argv=[command, *words], default_help=False)
     except DocoptExit:
         full = None
     if quick is not None:  # a form it takes must mean the same; the rest falls to docopt
         assert quick == full
-    assert (quick is None) == (words in CP_FORMS[CP_FORMS.index(["a"]):])
+    assert (quick is None) == (words in forms[forms.index(first_refused):])
+
+
+@pytest.mark.parametrize("words", CP_FORMS, ids=" ".join)
+def test_cp_arguments_parsed_by_hand_mean_what_docopt_says(words):
+    _parsed_by_hand_as_by_docopt("cp", words, CP_FORMS, ["a"])
+
+
+@pytest.mark.parametrize("command", ["map", "map-to-n", "map-from-n"])
+@pytest.mark.parametrize("words", MAP_FORMS, ids=" ".join)
+def test_map_arguments_parsed_by_hand_mean_what_docopt_says(command, words):
+    _parsed_by_hand_as_by_docopt(command, words, MAP_FORMS, ["a", "b"])
 
 
 # --- special files, as cp treats them ---------------------------------------------------
