@@ -443,6 +443,61 @@ def test_map_over_existing_output_keys_fails_as_immutable_and_reruns_after_rm(cl
     assert_no_temp_files(cluster)
 
 
+# --- plain commands, exec'd without bash ---------------------------------------------------
+def test_a_plain_command_sees_what_it_would_see_under_bash(cluster):
+    """`env` is exec'd directly; `"env"` (quoted: not plain) goes through bash, which
+    execs the same program: same argv, environment (PWD, SHLVL, `_`, $filename), cwd."""
+    put_files(cluster, "s4://b/in/", numbered(3))
+    cluster.s4ctl("map", "s4://b/in/", "s4://b/direct/", "env")
+    cluster.s4ctl("map", "s4://b/in/", "s4://b/bash/", '"env"')
+
+    def environ(key: str) -> dict[str, str]:
+        return dict(line.split("=", 1) for line in get(cluster, key).splitlines() if "=" in line)
+
+    for i in range(3):
+        direct, bash = environ(f"s4://b/direct/{i:05d}"), environ(f"s4://b/bash/{i:05d}")
+        node = cluster.data_dirs[cluster.node_of(f"s4://b/in/{i:05d}")]
+        for env in (direct, bash):  # each in its own temp dir inside its node's data dir
+            assert env.pop("PWD").startswith(str(node) + "/"), env
+        assert direct == bash
+        assert direct["filename"] == f"{i:05d}" and direct["_"].endswith("/env")
+
+
+@pytest.mark.parametrize("cmd,plain", [
+    ("cat", True), ("wc -l", True), ("xargs cat", True), ("sort -k2,2 -t, -S 1M", True), ("dd bs=1M", True),
+    ("/usr/bin/env", True), ("  cat\t-A  ", True),
+    ("echo hi", False), ("true", False), ("[ -f x ]", False), ("a=b cat", False), ("cat *", False),
+    ("cat | wc", False), ("cat 'a'", False), ("cat $filename", False), ("cat ~", False), ("if", False),
+    ("no-such-program-anywhere", False), ("cat\nwc", False), ("cat > x", False), ("cat # c", False),
+])
+def test_which_commands_are_plain_enough_to_exec_without_bash(cmd, plain):
+    import os
+    import shutil
+
+    from s4d.controller import PlainCommands
+    commands = PlainCommands(shutil.which("bash"), dict(os.environ))
+    assert (commands.argv(cmd) is not None) == plain
+    if plain:
+        program, argv = commands.argv(cmd)
+        assert argv == cmd.split() and os.access(program, os.X_OK)
+    for env in ({"BASH_ENV": "/x"}, {"BASH_FUNC_cat%%": "() { echo; }"}, {"PATH": ".:/usr/bin:/bin"}):
+        assert PlainCommands(shutil.which("bash"), {**os.environ, **env}).argv("cat") is None
+
+
+def test_a_plain_command_bash_must_run_falls_back_to_bash(cluster):
+    """A script with no #! cannot be exec'd: bash runs it, as `bash -c` would; a name
+    found nowhere gets bash's own answer."""
+    put_files(cluster, "s4://b/in/", numbered(2))
+    shebangless = cluster.root / "shebangless"
+    shebangless.write_text('echo "script saw $filename"\n')
+    shebangless.chmod(0o755)
+    cluster.s4ctl("map", "s4://b/in/", "s4://b/out/", str(shebangless))
+    assert get(cluster, "s4://b/out/00001") == "script saw 00001\n"
+    proc = cluster.s4ctl("map", "s4://b/in/", "s4://b/none/", "no-such-program-anywhere", check=False)
+    assert proc.returncode == 1 and "exit 127" in proc.stderr and "command not found" in proc.stderr
+    assert_no_temp_files(cluster, timeout=10)
+
+
 # --- failures, timeouts, limits -------------------------------------------------------------
 def test_commands_run_under_set_euo_pipefail(cluster):
     put_files(cluster, "s4://b/in/", numbered(3))
