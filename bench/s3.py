@@ -17,7 +17,10 @@ Measured, interleaved per repeat, medians:
   (one aws process per object: the rate is the same, the wait is not);
 - curve: import / export / plain GET / plain PUT MB/s against object size
   (1 KiB .. 256 MiB; as many objects of a size as make ~--curve-bytes, at
-  least one), drawn with --plot.
+  least one), drawn with --plot; for objects over the multipart threshold
+  also "plain ranged GET": the same objects fetched as s4 fetches them, in
+  S3_PART_BYTES ranges (moto_server reads a whole object for each range, so
+  its ranged GETs cost far more than AWS's).
 
 Usage: python bench/s3.py [--endpoint-url URL] [--quick] [--reps N] [--json]
                           [--plot PATH] [--dir DIR]
@@ -66,6 +69,16 @@ class Plain:
             while body.read(MiB):
                 pass
         return self._each(get, names)
+
+    def get_ranged(self, names: list[str], size: int, part: int) -> float:
+        """The objects fetched as s4 fetches a big one: GETs of `part`-byte ranges."""
+        def get(item: tuple[str, int]) -> None:
+            n, start = item
+            rng = f"bytes={start}-{min(size, start + part) - 1}"
+            body = self.client.get_object(Bucket=self.bucket, Key=n, Range=rng)["Body"]
+            while body.read(MiB):
+                pass
+        return self._each(get, [(n, start) for n in names for start in range(0, size, part)])
 
     def delete(self, prefix: str) -> None:
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
@@ -186,7 +199,9 @@ def curve(c: Cluster, s3: S3, plain: Plain, report: Report, sizes: list[int], cu
     """{line: {size: MB/s}} for import, export, plain GET, plain PUT."""
     ep = ("--endpoint-url", s3.endpoint)
     b = s3.bucket
-    out: dict = {"s4 import": {}, "s4 export": {}, "plain GET": {}, "plain PUT": {}}
+    from s4d import limits
+    part = limits.S3_PART_BYTES  # an object over the threshold is imported as ranged GETs of this
+    out: dict = {"s4 import": {}, "s4 export": {}, "plain GET": {}, "plain PUT": {}, "plain ranged GET": {}}
     for size in sizes:
         n = max(1, min(256, curve_bytes // size))
         sec = f"curve{size}"
@@ -194,8 +209,10 @@ def curve(c: Cluster, s3: S3, plain: Plain, report: Report, sizes: list[int], cu
         src = _names(f"{sec}/src/", n)
         plain.put(src, data)
         c.s4ctl("cp", "-r", *ep, f"s3://{b}/{sec}/src/", f"s4://bench/{sec}/src/")
-        runs: dict = {k: [] for k in out}
+        runs: dict = {k: [] for k in out if k != "plain ranged GET" or size > limits.S3_MULTIPART_THRESHOLD_BYTES}
         for r in range(reps):
+            if "plain ranged GET" in runs:  # the endpoint's own cost of the requests s4 makes
+                runs["plain ranged GET"].append(plain.get_ranged(src, size, part))
             runs["s4 import"].append(c.timed("cp", "-r", *ep, f"s3://{b}/{sec}/src/", f"s4://bench/{sec}/i{r}/"))
             c.s4ctl("rm", "-r", f"s4://bench/{sec}/i{r}/")
             runs["plain GET"].append(plain.get(src))
@@ -205,7 +222,8 @@ def curve(c: Cluster, s3: S3, plain: Plain, report: Report, sizes: list[int], cu
             plain.delete(f"{sec}/p{r}/")
         for line, times in runs.items():
             out[line][size] = mbps(n * size, median(times))
-            report.add("curve", f"{line} {size // KiB} KiB", out[line][size], "MB/s", f"{n} objects")
+            note = f"{n} objects" + (f", in {part // MiB} MiB ranges" if line == "plain ranged GET" else "")
+            report.add("curve", f"{line} {size // KiB} KiB", out[line][size], "MB/s", note)
         c.s4ctl("rm", "-r", f"s4://bench/{sec}/")
         plain.delete(f"{sec}/")
     return out
