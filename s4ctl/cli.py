@@ -136,7 +136,8 @@ Commands run as `bash -euo pipefail -c CMD`: any failing command fails the
 whole, so a grep that matches nothing (exit 1) fails it, and so does a
 pipe whose reader stops early (`cat | head -1`: its writer dies of
 SIGPIPE, exit 141); add `|| true` where that is expected. An empty CMD is
-refused.
+refused. A plain `prog args` (no quotes, $, globs, redirections or
+operators) is exec'd directly, as bash itself would.
 
 Options:
   --timeout S      kill CMD after S seconds (default: the daemon's --timeout)
@@ -158,7 +159,8 @@ Commands run as `bash -euo pipefail -c CMD`: any failing command fails the
 whole, so a grep that matches nothing (exit 1) fails it, and so does a
 pipe whose reader stops early (`cat | head -1`: its writer dies of
 SIGPIPE, exit 141); add `|| true` where that is expected. An empty CMD is
-refused.
+refused. A plain `prog args` (no quotes, $, globs, redirections or
+operators) is exec'd directly, as bash itself would.
 
 Options:
   --timeout S      kill a command after S seconds (default: the daemon's --timeout)
@@ -179,7 +181,8 @@ Commands run as `bash -euo pipefail -c CMD`: any failing command fails the
 whole, so a grep that matches nothing (exit 1) fails it, and so does a
 pipe whose reader stops early (`cat | head -1`: its writer dies of
 SIGPIPE, exit 141); add `|| true` where that is expected. An empty CMD is
-refused.
+refused. A plain `prog args` (no quotes, $, globs, redirections or
+operators) is exec'd directly, as bash itself would.
 
 Options:
   --timeout S      kill a command after S seconds (default: the daemon's --timeout)
@@ -197,7 +200,8 @@ Commands run as `bash -euo pipefail -c CMD`: any failing command fails the
 whole, so a grep that matches nothing (exit 1) fails it, and so does a
 pipe whose reader stops early (`cat | head -1`: its writer dies of
 SIGPIPE, exit 141); add `|| true` where that is expected. An empty CMD is
-refused.
+refused. A plain `prog args` (no quotes, $, globs, redirections or
+operators) is exec'd directly, as bash itself would.
 
 Options:
   --timeout S      kill a command after S seconds (default: the daemon's --timeout)
