@@ -58,6 +58,11 @@ def bash(script: str, cwd: Path | None = None) -> float:
     return time.perf_counter() - t
 
 
+def _runs(times: list[float]) -> str:
+    """Every repeat's figure, in order: the spread the median hides."""
+    return "runs " + " ".join(f"{x:.2f}" for x in times)
+
+
 def tiny_tree(root: Path, n: int) -> Path:
     root.mkdir(parents=True)
     block = os.urandom(KiB)
@@ -99,13 +104,15 @@ def step_tiny(c: Cluster, r: Report, work: Path, n: int, reps: int) -> None:
     rmtree(tree)
     rmtree(work / "tiny-out")
     floor = median(t["floor"])
-    r.add("tiny", f"floor: {n} `bash -c cat` spawns, {JOBS} at a time", floor, "s", f"median of {reps}")
+    r.add("tiny", f"floor: {n} `bash -c cat` spawns, {JOBS} at a time", floor, "s",
+          f"median of {reps}; {_runs(t['floor'])}")
     m = median(t["map"])
-    r.add("tiny", f"map cat over {n} x 1 KiB", m, "s", f"{m / floor:.2f}x the floor (target <= 1.2x)")
+    r.add("tiny", f"map cat over {n} x 1 KiB", m, "s",
+          f"{m / floor:.2f}x the floor (target <= 1.2x); {_runs(t['map'])}")
     r.add("tiny", "  the daemons' own CPU over it", median(t["map cpu"]) / n * 1000, "ms/key")
     m = median(t["to-n"])
     r.add("tiny", f"map-to-n split -n r/3 over {n} x 1 KiB", m, "s",
-          f"{m / floor:.2f}x the floor (target <= 3x); {3 * n} outputs")
+          f"{m / floor:.2f}x the floor (target <= 3x); {3 * n} outputs; {_runs(t['to-n'])}")
     r.add("tiny", "  the daemons' own CPU over it", median(t["to-n cpu"]) / n * 1000, "ms/key")
 
 
@@ -150,8 +157,8 @@ def step_big(c: Cluster, r: Report, work: Path, keys: int, size: int, reps: int)
             ("local cat", "from-n", f"map-from-n 'xargs cat' over the {3 * keys} parts", "target >= 90%")]
     for floor, s4, name, target in rows:
         f, s = median(t[floor]), median(t[s4])
-        r.add("big", f"floor: {floor}", f, "s", f"median of {reps}; sequential, warm cache")
-        r.add("big", name, s, "s", f"{f / s:.0%} of the floor's speed ({target})")
+        r.add("big", f"floor: {floor}", f, "s", f"median of {reps}; sequential, warm cache; {_runs(t[floor])}")
+        r.add("big", name, s, "s", f"{f / s:.0%} of the floor's speed ({target}); {_runs(t[s4])}")
 
 
 def step_curve(c: Cluster, rss: RssSampler, r: Report, work: Path, counts: list[int]) -> None:
