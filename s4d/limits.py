@@ -38,6 +38,7 @@ SPLICE_BYTES = 1024 * 1024        # one splice(2) call
 SENDFILE_BYTES = 8 * 1024 * 1024  # one sendfile(2) call
 CHECKPOINT_EVERY_BYTES = 16 * 1024 * 1024  # yield to trio this often in a long transfer
 BUFFER_BYTES = 1024 * 1024        # recv_into / read buffers (client, hashing)
+CMD_DIR_REUSE_MAX_ENTRIES = 64  # a map command's dir holding more is removed, not emptied for the next
 HASH_INLINE_MAX_BYTES = 1024 * 1024  # hash smaller files on the event loop, larger in a thread
 HASH_WINDOW_BYTES = 4 * 1024 * 1024  # mmap'd at once while hashing: bounds resident memory
 

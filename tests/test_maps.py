@@ -498,6 +498,27 @@ def test_a_plain_command_bash_must_run_falls_back_to_bash(cluster):
     assert_no_temp_files(cluster, timeout=10)
 
 
+def test_a_used_command_dir_is_emptied_for_the_next_command_or_removed_when_it_is_odd(make_cluster):
+    """One node, one command at a time: each command's dir comes back empty; a dir a
+    command made a subdir in, or chmodded, is not handed on (its successor gets a new one)."""
+    cluster = make_cluster(nodes=1, args=("--max-cpu-jobs", "1"))
+    put_files(cluster, "s4://b/in/", numbered(8))
+    odd = {"00002", "00005"}
+    cmd = ('ls -A; echo "$(date +%s%N) $PWD"; echo x > "left-$filename"; '
+           'if [ "$filename" = 00002 ]; then mkdir sub; fi; if [ "$filename" = 00005 ]; then chmod 700 .; fi')
+    cluster.s4ctl("map", "s4://b/in/", "s4://b/out/", cmd)
+    ran = []  # (when, dir, key) in the order the commands ran
+    for i in range(8):
+        lines = get(cluster, f"s4://b/out/{i:05d}").splitlines()
+        assert len(lines) == 1, lines  # `ls -A` printed nothing: no file left by an earlier command
+        when, cwd = lines[0].split(" ", 1)
+        ran.append((int(when), cwd, f"{i:05d}"))
+    ran.sort()
+    for (_, before, key), (_, after, _) in zip(ran, ran[1:]):
+        assert (after == before) == (key not in odd), ran  # handed on, unless a subdir or a chmod
+    assert_no_temp_files(cluster)
+
+
 # --- failures, timeouts, limits -------------------------------------------------------------
 def test_commands_run_under_set_euo_pipefail(cluster):
     put_files(cluster, "s4://b/in/", numbered(3))
