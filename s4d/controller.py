@@ -33,6 +33,7 @@ from typing import Awaitable, Callable, Iterable, Iterator
 import trio
 
 from s4d import keys, limits, orphans, placement, process
+from s4d.cmddirs import CommandDirs
 from s4d.config import DaemonConfig
 from s4d.errors import BadRequest, ChecksumMismatch, CommandFailed, NoSpace, S4Error, Timeout
 from s4d.storage import Storage
@@ -174,24 +175,19 @@ class Controller:
     @asynccontextmanager
     async def command(self, cmd: str, stdin: int, filename: str, timeout, what: str,
                       check: Callable[[], Awaitable[None]] | None = None,
-                      dirs: list[tuple[str, tuple]] | None = None, in_memory: bool = False):
+                      dirs: CommandDirs | None = None, in_memory: bool = False):
         """Run cmd in an empty dir, stdin from an fd, stdout to a temp file; yield
         (stdout path, an fd open on it for reading, the dir). `check`, if given,
         runs beside the command (the input's verification) and must succeed too:
         its failure wins over the command's. The stdout file is removed when
-        the block ends; the dir too, or, left empty, it goes back to `dirs`
-        (one map's pool of empty dirs: a mkdir and an rmdir per command cost
-        more here than the rest of s4's share of a small key). in_memory:
-        stdout is a memfd (a listing never published: no file made and
-        removed per command) and the path yielded is None."""
+        the block ends, and the dir goes back to `dirs` (one map's pool:
+        s4d/cmddirs.py), or is removed if there is none. in_memory: stdout is a
+        memfd (a listing never published: no file made and removed per
+        command) and the path yielded is None."""
         if not cmd.strip():
             raise BadRequest("the command is empty")
-        if dirs:
-            cwd, made = dirs.pop()
-        else:
-            cwd = self.storage.new_temp_dir()
-            os.utime(cwd, ns=(0, 0))  # any entry made or removed in it sets its mtime to now
-            made = _stamp(cwd)
+        pool = dirs or CommandDirs(self.storage)
+        cwd, made = pool.take()
         out = None if in_memory else self.storage.new_temp("out")
         try:
             fd = (os.memfd_create("s4d-stdout", os.MFD_CLOEXEC) if in_memory else
@@ -209,22 +205,18 @@ class Controller:
         finally:
             if out:
                 self.storage.discard(out)
-            again = None if dirs is None else made if _untouched(cwd, made) else _emptied(cwd, made)
-            if again is not None:
-                dirs.append((cwd, again))
-            else:
-                self.storage.discard(cwd)
+            pool.give(cwd, made)
+            if dirs is None:
+                pool.close()
 
     @asynccontextmanager
     async def _dir_pool(self):
-        """A list for `command`'s dirs to go back to, for the length of one map;
-        what it holds at the end is removed."""
-        dirs: list[tuple[str, tuple]] = []
+        """The command dirs of one map (s4d/cmddirs.py), removed when it ends."""
+        dirs = CommandDirs(self.storage)
         try:
             yield dirs
         finally:
-            for d, _ in dirs:
-                self.storage.discard(d)
+            dirs.close()
 
     # --- inputs, checked ---------------------------------------------------------------
     def _mismatch(self, key: str, stored: str, digest: str) -> ChecksumMismatch:
@@ -238,7 +230,7 @@ class Controller:
             raise self._mismatch(key, stored, digest)
 
     @asynccontextmanager
-    async def _key_command(self, cmd: str, key: str, timeout, dirs: list | None = None,
+    async def _key_command(self, cmd: str, key: str, timeout, dirs: CommandDirs | None = None,
                            in_memory: bool = False):
         """`command` over one key, stdin from its file; yields (stdout path, its fd,
         the dir, the key's size). The key's bytes are checked: a small key is
@@ -496,51 +488,6 @@ async def _both(check: Callable[[], Awaitable[None]], command: Awaitable[None]) 
             failed["command"] = e
     if failed:
         raise failed.get("check") or failed["command"]
-
-
-def _stamp(d: str) -> tuple:
-    st = os.lstat(d)
-    return st.st_ino, st.st_mode, st.st_uid, st.st_mtime_ns
-
-
-def _untouched(cwd: str, made: tuple) -> bool:
-    """The command dir is as it was made: nothing was created, removed or
-    renamed in it (its mtime, set to 0 when it was made, would be now), and it
-    is the same dir with the same mode. One lstat; a dir a command did use is
-    removed rather than read through."""
-    try:
-        return _stamp(cwd) == made
-    except OSError:
-        return False
-
-
-def _emptied(cwd: str, made: tuple) -> tuple | None:
-    """Empty a command dir that was used, for the next command of the map; its new
-    stamp, or None if it should be removed instead: it is no longer the dir that
-    was made (inode, mode, owner), carries xattrs (a default ACL would reach the
-    next command's files), or holds a directory or more than a few entries.
-
-    Keeping the dir spares a mkdir and an rmdir per command, and on ext4 without
-    a journal (this machine's) a freed inode is skipped, one by one, by every
-    inode allocation in its group for the next 5-10 s: map-to-n frees inodes
-    fast, and the scan was half the machine's CPU (perf: find_inode_bit,
-    recently_deleted)."""
-    try:
-        st = os.lstat(cwd)
-        if (st.st_ino, st.st_mode, st.st_uid) != made[:3] or os.listxattr(cwd, follow_symlinks=False):
-            return None
-        with os.scandir(cwd) as entries:
-            names = []
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False) or len(names) == limits.CMD_DIR_REUSE_MAX_ENTRIES:
-                    return None
-                names.append(entry.name)
-        for name in names:
-            os.unlink(os.path.join(cwd, name))
-        os.utime(cwd, ns=(0, 0))
-        return _stamp(cwd)
-    except OSError:
-        return None
 
 
 def _printed_files(listing: int, cwd: str, node: str, what: str) -> list[str]:
