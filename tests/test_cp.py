@@ -378,9 +378,9 @@ def test_a_download_to_an_open_file_descriptor_writes_through_it_as_a_redirectio
 
 
 def test_dev_stdout_and_dev_fd_name_the_open_file_descriptors():
-    from s4ctl.cli import _fd_alias
-    assert [_fd_alias(p) for p in ("/dev/stdout", "/dev/stdin", "/dev/fd/7", "/proc/self/fd/1")] == [1, 0, 7, 1]
-    assert _fd_alias("/tmp") is None and _fd_alias("no/such/file") is None
+    from s4ctl.files import fd_alias
+    assert [fd_alias(p) for p in ("/dev/stdout", "/dev/stdin", "/dev/fd/7", "/proc/self/fd/1")] == [1, 0, 7, 1]
+    assert fd_alias("/tmp") is None and fd_alias("no/such/file") is None
 
 
 def test_a_source_that_is_not_a_regular_file_is_read_as_a_stream(shared, b, tmp_path):
