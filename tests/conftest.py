@@ -1,8 +1,17 @@
+import signal
 import uuid
 
 import pytest
 
 from tests.cluster import Cluster
+
+# A suite started in the background by a non-interactive shell (`cmd &`) inherits
+# SIGINT ignored, and so would every s4ctl the tests start: Python keeps an
+# ignored SIGINT ignored, and the tests that interrupt a copy or a map with it
+# would wait in vain. The tests' own processes get the default back (a handled
+# signal is reset to its default across exec).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
