@@ -347,6 +347,28 @@ def machine() -> dict:
             "python": platform.python_version(), "root": os.geteuid() == 0}
 
 
+def filesystem(path) -> str:
+    """The filesystem a path lives on, as a figure needs it said: its type, its
+    device and, for ext4, whether it has a journal (without one, every new
+    inode walks past the inodes freed in the last minute: see bench/RESULTS.md)."""
+    path = os.path.realpath(path)
+    best = ("", "?", "?")
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                dev, mnt, kind = line.split()[:3]
+                if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best[0]):
+                    best = (mnt, dev, kind)
+    except OSError:
+        return "?"
+    mnt, dev, kind = best
+    if kind == "ext4":
+        name = os.path.basename(dev)
+        journal = os.path.isdir("/proc/fs/jbd2") and any(e.startswith(name + "-") for e in os.listdir("/proc/fs/jbd2"))
+        kind += " with a journal" if journal else " WITHOUT a journal"
+    return f"{kind} on {dev} (mounted at {mnt})"
+
+
 def _sources() -> dict[str, float]:
     """mtime of every .py of the installed s4d and s4ctl packages."""
     import importlib.util

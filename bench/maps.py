@@ -45,7 +45,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ab import daemons_cpu  # noqa: E402
 from push import SPLIT  # noqa: E402  split -n r/3 into 000 001 002: one output per node
-from common import (KiB, MiB, Cluster, CodeWatch, Report, RssSampler, machine,  # noqa: E402
+from common import (KiB, MiB, Cluster, CodeWatch, Report, RssSampler, filesystem, machine,  # noqa: E402
                     make_text_file, median, ready, rmtree, warm)
 
 JOBS = (os.cpu_count() or 1) + 2  # s4d's default --max-cpu-jobs
@@ -203,6 +203,7 @@ def main() -> int:
     code = CodeWatch()
     report.add("code", "working tree at " + code.info["commit"]
                + (" + uncommitted changes" if code.info["dirty"] else ""), None, "-")
+    report.add("setup", "data dirs and floors on " + filesystem(work), None, "-")
     loads = {"start": os.getloadavg()[0]}
     try:
         with Cluster(work / "cluster") as c, RssSampler(c.pids) as rss:

@@ -33,8 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ab import daemons_cpu, export, order  # noqa: E402
-from common import (MiB, Cluster, CodeWatch, Report, machine, make_text_file, median, ready,  # noqa: E402
-                    rmtree, warm)
+from common import (MiB, Cluster, CodeWatch, Report, filesystem, machine, make_text_file, median, ready,  # noqa: E402
+                    rmtree)
 
 # 3 outputs named 000, 001, 002: numeric names, so output i lands on node i
 SPLIT = "split -n r/3 -d -a 3 - ''; printf '%s\\n' 00?"
@@ -134,6 +134,7 @@ def main() -> int:
         report.add("ab", "B = working tree at " + code.info["commit"]
                    + (" + uncommitted changes" if code.info["dirty"] else ""), None, "-")
         clusters["B"] = Cluster(work / "B")
+        report.add("setup", "data dirs and floors on " + filesystem(work), None, "-")
         for c in clusters.values():
             c.__enter__()
         try:
