@@ -189,6 +189,7 @@ class Controller:
         pool = dirs or CommandDirs(self.storage)
         cwd, made = pool.take()
         out = None if in_memory else self.storage.new_temp("out")
+        done = False
         try:
             fd = (os.memfd_create("s4d-stdout", os.MFD_CLOEXEC) if in_memory else
                   os.open(out, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
@@ -200,12 +201,16 @@ class Controller:
                 else:
                     await _both(check, self.run(cmd, **kw))
                 yield out, fd, cwd
+                done = True
             finally:
                 os.close(fd)
         finally:
             if out:
                 self.storage.discard(out)
-            pool.give(cwd, made)
+            if done:  # a dir whose command failed or was cancelled is not handed on
+                pool.give(cwd, made)
+            else:
+                self.storage.discard(cwd)
             if dirs is None:
                 pool.close()
 
