@@ -496,11 +496,11 @@ class Client:
         failure closes the other nodes' connections, which cancels their work, and
         is raised.
 
-        Each request carries this client's node list and the node's place in it:
-        a node whose conf orders the nodes otherwise refuses the map, rather than
+        Each request carries how many nodes this client's conf lists and the node's place
+        in it: a node whose conf orders the nodes otherwise refuses the map, rather than
         mapping keys that placement sends elsewhere."""
         request = {"op": op, "indir": indir, "outdir": outdir, "cmd": cmd, "timeout": timeout,
-                   "nodes": [node_name(node) for node in self.nodes]}
+                   "node_count": len(self.nodes)}
         return self._everywhere(request, self.nodes, on_progress)
 
     # --- S3 in and out: every node moves its own keys (s4d/s3.py) ----------------------
@@ -563,8 +563,8 @@ class Client:
                 conn.send_frame({**request, "node_index": self.nodes.index(node)})
                 while True:
                     msg = conn.recv_reply()
-                    if "progress" in msg:
-                        report(node, msg["progress"], False)
+                    if msg.get("progress"):
+                        report(node, {k: msg[k] for k in ("done", "total", "bytes")}, False)
                     elif msg.get("ok"):
                         report(node, {k: msg[k] for k in ("done", "total", "bytes")}, True)
                         return msg

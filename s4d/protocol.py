@@ -39,10 +39,13 @@ _NUMBER = (int, float)
 #   rm          -> {"ok", "deleted"}
 #   eval        -> stream of the command's stdout, then {"ok"} or an error
 #   map, map_to_n, map_from_n
-#               -> {"progress": ...}... then {"ok", ...} or an error
+#               -> {"progress": true, "done", "total", "bytes"}... then
+#                  {"ok", "done", "total", "bytes"} or an error (flat frames, as
+#                  the request is when CMD needs no escaping: a map's client
+#                  then never imports json)
 #   health      -> {"ok", figures...}
 #   s3_import, s3_export
-#               -> {"progress": ...}... then {"ok", ...} or an error; "key" is
+#               -> progress frames as a map's, then {"ok", ...} or an error; "key" is
 #                  the s4 key (or with "recursive" the s4 directory), "bucket"
 #                  and "object" the S3 side; "endpoint" optional (s4d/s3.py)
 #   push        (node to node: a map's outputs for the node they belong on)
@@ -71,8 +74,9 @@ OPS: dict[str, dict[str, type | tuple]] = {
 }
 OPTIONAL_FIELDS: dict[str, type | tuple] = {"timeout": _NUMBER, "glob": str, "verify": bool,
                                             "endpoint": str,
-                                            # maps: the client's conf, to check its node order
-                                            "nodes": list, "node_index": int}
+                                            # maps: where the client's conf puts this node, in how
+                                            # many: a conf that orders the nodes otherwise is refused
+                                            "node_count": int, "node_index": int}
 GET_RANGE_FIELDS = ("offset", "length")  # optional on get only: non-negative integers
 PUT_TRAILER = {"xxh3": str, "size": int}
 PUSH_ENTRY = {"key": str, "size": int}

@@ -265,15 +265,15 @@ class Server:
                              f"{self.name}: the client's conf must list the nodes in the same order")
 
     def _refuse_other_order(self, msg: dict) -> None:
-        """Before a map: the client's node list (optional, sent by s4ctl) must put
-        this node where this node's conf does, and have as many nodes. Names are
-        not compared: a client may spell a host otherwise (a name, an address)."""
-        nodes, index = msg.get("nodes"), msg.get("node_index")
-        if nodes is None or index is None:
+        """Before a map: the client's conf (optional, sent by s4ctl: this node's
+        place in it and its length) must put this node where this node's conf
+        does. Names are not compared: a client may spell a host otherwise."""
+        count, index = msg.get("node_count"), msg.get("node_index")
+        if count is None or index is None:
             return
-        if len(nodes) != len(self.nodes) or index != self.self_index:
+        if count != len(self.nodes) or index != self.self_index:
             raise BadRequest(f"{self.name} is node {self.self_index + 1} of {len(self.nodes)} in its "
-                             f"conf but node {index + 1} of {len(nodes)} in the client's: the "
+                             f"conf but node {index + 1} of {count} in the client's: the "
                              "client's conf must list the nodes in the same order")
 
     async def handle_get(self, sock, msg: dict) -> dict:
@@ -409,7 +409,7 @@ class Server:
         async def report() -> None:
             with Idle(self.idle_s, "sending progress") as idle:
                 while True:
-                    await send_frame(sock, {"progress": progress.wire()}, idle)
+                    await send_frame(sock, {"progress": True, **progress.wire()}, idle)
                     await trio.sleep(self.config.progress_interval_s)
 
         async def watch_client(cancel_scope: trio.CancelScope) -> None:
