@@ -38,6 +38,13 @@ Options may come before or after the arguments; -- ends them (a local file
 named -1: s4ctl cp -- -1 s4://b/k).
 """
 
+BASH_NOTE = """Commands run as `bash -euo pipefail -c CMD`: any failing command fails the
+whole, so a grep that matches nothing (exit 1) fails it, and so does a
+pipe whose reader stops early (`cat | head -1`: its writer dies of
+SIGPIPE, exit 141); add `|| true` where that is expected. An empty CMD is
+refused. A plain `prog args` (no quotes, $, globs, redirections or
+operators) is exec'd directly, as bash itself would.
+"""
 CONF_OPTION = """\
   -c, --conf PATH  cluster conf (default: $S4_CONF_PATH, ~/.s4.conf, /etc/s4.conf)
   -h, --help       show this help"""
@@ -132,13 +139,7 @@ Run the bash command CMD on the node holding KEY, with the key's data on
 stdin and $filename set to its basename; print CMD's stdout. CMD runs in a
 fresh temp dir.
 
-Commands run as `bash -euo pipefail -c CMD`: any failing command fails the
-whole, so a grep that matches nothing (exit 1) fails it, and so does a
-pipe whose reader stops early (`cat | head -1`: its writer dies of
-SIGPIPE, exit 141); add `|| true` where that is expected. An empty CMD is
-refused. A plain `prog args` (no quotes, $, globs, redirections or
-operators) is exec'd directly, as bash itself would.
-
+""" + BASH_NOTE + """
 Options:
   --timeout S      kill CMD after S seconds (default: the daemon's --timeout)
 """ + CONF_OPTION,
@@ -155,13 +156,7 @@ node, key, exit code and stderr; outputs already published stay (keys are
 immutable, so a second run into the same OUTDIR fails naming an output that
 exists already): `s4ctl rm -r OUTDIR` and run it again.
 
-Commands run as `bash -euo pipefail -c CMD`: any failing command fails the
-whole, so a grep that matches nothing (exit 1) fails it, and so does a
-pipe whose reader stops early (`cat | head -1`: its writer dies of
-SIGPIPE, exit 141); add `|| true` where that is expected. An empty CMD is
-refused. A plain `prog args` (no quotes, $, globs, redirections or
-operators) is exec'd directly, as bash itself would.
-
+""" + BASH_NOTE + """
 Options:
   --timeout S      kill a command after S seconds (default: the daemon's --timeout)
 """ + CONF_OPTION,
@@ -177,13 +172,7 @@ digits goes to node int(digits) % N), so files of the same name from every
 input meet on one node. A printed name that is not a file CMD wrote fails the map; an empty
 line is skipped. Failure handling is as for map.
 
-Commands run as `bash -euo pipefail -c CMD`: any failing command fails the
-whole, so a grep that matches nothing (exit 1) fails it, and so does a
-pipe whose reader stops early (`cat | head -1`: its writer dies of
-SIGPIPE, exit 141); add `|| true` where that is expected. An empty CMD is
-refused. A plain `prog args` (no quotes, $, globs, redirections or
-operators) is exec'd directly, as bash itself would.
-
+""" + BASH_NOTE + """
 Options:
   --timeout S      kill a command after S seconds (default: the daemon's --timeout)
 """ + CONF_OPTION,
@@ -196,13 +185,7 @@ For each group, CMD gets the members' local file paths on stdin, one per
 line, and its stdout becomes OUTDIR/<group>. When every member has the same
 basename (000_bucket0), the output keeps it. Failure handling is as for map.
 
-Commands run as `bash -euo pipefail -c CMD`: any failing command fails the
-whole, so a grep that matches nothing (exit 1) fails it, and so does a
-pipe whose reader stops early (`cat | head -1`: its writer dies of
-SIGPIPE, exit 141); add `|| true` where that is expected. An empty CMD is
-refused. A plain `prog args` (no quotes, $, globs, redirections or
-operators) is exec'd directly, as bash itself would.
-
+""" + BASH_NOTE + """
 Options:
   --timeout S      kill a command after S seconds (default: the daemon's --timeout)
 """ + CONF_OPTION,
