@@ -39,11 +39,16 @@ class CommandDirs:
 
     def give(self, cwd: str, made: tuple) -> None:
         """The command in cwd is done (and dead): hand the dir on, or remove it."""
-        again = made if _untouched(cwd, made) else _emptied(cwd, made)
-        if again is None:
+        try:
+            now = _stamp(cwd)
+        except OSError:
+            now = None
+        if now is not None and now != made:  # used: its mtime (0 when made) moved, or it changed
+            now = _emptied(cwd, made, now)
+        if now is None:
             self.storage.discard(cwd)
         else:
-            self._ready.append((cwd, again))
+            self._ready.append((cwd, now))
 
     def close(self) -> None:
         """The map is over: remove the dirs."""
@@ -57,21 +62,11 @@ def _stamp(d: str) -> tuple:
     return st.st_ino, st.st_mode, st.st_uid, st.st_mtime_ns
 
 
-def _untouched(cwd: str, made: tuple) -> bool:
-    """The dir is as it was made: nothing was created, removed or renamed in it (its
-    mtime, set to 0 when it was made, would be now), and it is the same dir with
-    the same mode. One lstat; a dir a command did use is emptied, not read through."""
+def _emptied(cwd: str, made: tuple, now: tuple) -> tuple | None:
+    """Empty a used dir (`now`: its stamp after the command); its new stamp, or
+    None to remove it instead."""
     try:
-        return _stamp(cwd) == made
-    except OSError:
-        return False
-
-
-def _emptied(cwd: str, made: tuple) -> tuple | None:
-    """Empty a used dir; its new stamp, or None to remove it instead."""
-    try:
-        st = os.lstat(cwd)
-        if (st.st_ino, st.st_mode, st.st_uid) != made[:3] or os.listxattr(cwd, follow_symlinks=False):
+        if now[:3] != made[:3] or os.listxattr(cwd, follow_symlinks=False):
             return None
         entries = []
         with os.scandir(cwd) as found:
