@@ -15,6 +15,7 @@ Measured (medians):
   the daemons' peak RSS over those transfers (VmHWM, reset between sides);
 - map: per-key wall of a map `cat` over N tiny keys (ms/key), and the
   daemons' own CPU over it (ms/key; steadier than wall under other load);
+  and the wall of a map over one key (a map's fixed cost), 30 times each;
 - ls/rm: `ls -r` and `rm -r` of N keys (made by `cp -r`, then `sync`).
 
 Usage: python bench/ab.py --old REV [--only small,big,map,lsrm] [--keys N]
@@ -143,6 +144,14 @@ def step_map(cl: dict, r: Report, work: Path, n: int, reps: int) -> None:
     for s in ("A", "B"):
         r.add("map", f"the daemons' own CPU over it: {s}", median(cpu[s]) / n * 1000, "ms/key",
               "utime+stime of the 3 daemons (commands excluded), median")
+    # a map's fixed cost: one key, `wc -l`, alternating A and B (its client start, connections,
+    # listing, one spawn, the replies)
+    one = {s: [] for s in cl}
+    for i in range(30):
+        for s in order(i):
+            one[s].append(cl[s].timed("map", "s4://ab/tiny/in/00000*", f"s4://ab/tiny/one{i}/", "wc -l"))
+    for s in ("A", "B"):
+        r.add("map", f"map 'wc -l' over 1 key, wall: {s}", median(one[s]) * 1000, "ms", "median of 30")
     for c in cl.values():
         c.s4ctl("rm", "-r", "s4://ab/tiny/")
 
