@@ -174,20 +174,19 @@ class Controller:
 
     @asynccontextmanager
     async def command(self, cmd: str, stdin: int, filename: str, timeout, what: str,
-                      check: Callable[[], Awaitable[None]] | None = None,
-                      dirs: CommandDirs | None = None, in_memory: bool = False):
+                      dirs: CommandDirs, check: Callable[[], Awaitable[None]] | None = None,
+                      in_memory: bool = False):
         """Run cmd in an empty dir, stdin from an fd, stdout to a temp file; yield
         (stdout path, an fd open on it for reading, the dir). `check`, if given,
         runs beside the command (the input's verification) and must succeed too:
         its failure wins over the command's. The stdout file is removed when
         the block ends, and the dir goes back to `dirs` (one map's pool:
-        s4d/cmddirs.py), or is removed if there is none. in_memory: stdout is a
+        s4d/cmddirs.py). in_memory: stdout is a
         memfd (a listing never published: no file made and removed per
         command) and the path yielded is None."""
         if not cmd.strip():
             raise BadRequest("the command is empty")
-        pool = dirs or CommandDirs(self.storage)
-        cwd, made = pool.take()
+        cwd, made = dirs.take()
         out = None if in_memory else self.storage.new_temp("out")
         done = False
         try:
@@ -208,11 +207,9 @@ class Controller:
             if out:
                 self.storage.discard(out)
             if done:  # a dir whose command failed or was cancelled is not handed on
-                pool.give(cwd, made)
+                await dirs.give(cwd, made)
             else:
-                self.storage.discard(cwd)
-            if dirs is None:
-                pool.close()
+                await dirs.drop(cwd)
 
     @asynccontextmanager
     async def _dir_pool(self):
@@ -235,7 +232,7 @@ class Controller:
             raise self._mismatch(key, stored, digest)
 
     @asynccontextmanager
-    async def _key_command(self, cmd: str, key: str, timeout, dirs: CommandDirs | None = None,
+    async def _key_command(self, cmd: str, key: str, timeout, dirs: CommandDirs,
                            in_memory: bool = False):
         """`command` over one key, stdin from its file; yields (stdout path, its fd,
         the dir, the key's size). The key's bytes are checked: a small key is
@@ -250,7 +247,7 @@ class Controller:
             else:
                 check = partial(self._check, key, fd, size, stored)
             async with self.command(cmd, fd, keys.basename(key), timeout, keys.url(key),
-                                    check, dirs, in_memory) as (out, out_fd, cwd):
+                                    dirs, check, in_memory) as (out, out_fd, cwd):
                 yield out, out_fd, cwd, size
         finally:
             os.close(fd)
@@ -384,7 +381,7 @@ class Controller:
                     await check()
                     check = None
                 async with self.command(msg["cmd"], fd, name, msg.get("timeout"),
-                                        keys.url(outdir + name), check, dirs) as (out, out_fd, _):
+                                        keys.url(outdir + name), dirs, check) as (out, out_fd, _):
                     await self._publish(out, outdir + name, out_fd)
             finally:
                 os.close(fd)
@@ -405,7 +402,7 @@ class Controller:
     @asynccontextmanager
     async def eval(self, key: str, cmd: str, timeout: float | None):
         """Run cmd over a key; yield the temp file holding its stdout."""
-        async with self._key_command(cmd, key, timeout) as (out, _, _, _):
+        async with self._dir_pool() as dirs, self._key_command(cmd, key, timeout, dirs) as (out, _, _, _):
             yield out
 
 

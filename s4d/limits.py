@@ -39,6 +39,8 @@ SENDFILE_BYTES = 8 * 1024 * 1024  # one sendfile(2) call
 CHECKPOINT_EVERY_BYTES = 16 * 1024 * 1024  # yield to trio this often in a long transfer
 BUFFER_BYTES = 1024 * 1024        # recv_into / read buffers (client, hashing)
 CMD_DIR_REUSE_MAX_ENTRIES = 64  # a map command's dir holding more is removed, not emptied for the next
+CMD_DIR_EMPTY_THREADS = 4      # threads emptying used command dirs at once, per map (an unlink can
+                               # wait for a discard: off the event loop)
 HASH_INLINE_MAX_BYTES = 1024 * 1024  # hash smaller files on the event loop, larger in a thread
 HASH_WINDOW_BYTES = 4 * 1024 * 1024  # mmap'd at once while hashing: bounds resident memory
 
