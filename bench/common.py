@@ -352,21 +352,33 @@ def filesystem(path) -> str:
     device and, for ext4, whether it has a journal (without one, every new
     inode walks past the inodes freed in the last minute: see bench/RESULTS.md)."""
     path = os.path.realpath(path)
-    best = ("", "?", "?")
+    best = ("", "?", "?", "")
     try:
         with open("/proc/mounts") as f:
             for line in f:
-                dev, mnt, kind = line.split()[:3]
+                dev, mnt, kind, options = line.split()[:4]
                 if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best[0]):
-                    best = (mnt, dev, kind)
+                    best = (mnt, dev, kind, options)
     except OSError:
         return "?"
-    mnt, dev, kind = best
+    mnt, dev, kind, options = best
     if kind == "ext4":
         name = os.path.basename(dev)
         journal = os.path.isdir("/proc/fs/jbd2") and any(e.startswith(name + "-") for e in os.listdir("/proc/fs/jbd2"))
         kind += " with a journal" if journal else " WITHOUT a journal"
+    if "discard" in options.split(","):  # each freed extent trimmed as it is freed (without a journal: in unlink)
+        kind += " (mount option discard)"
     return f"{kind} on {dev} (mounted at {mnt})"
+
+
+def cpu_times() -> dict[str, float]:
+    """Seconds the machine's CPUs have spent so far (/proc/stat): busy (user, nice,
+    system, irq, softirq), idle, iowait (idle with a task waiting on the disk)
+    and steal (taken by the host). Deltas over a step show where its time went."""
+    tick = os.sysconf("SC_CLK_TCK")
+    with open("/proc/stat") as f:
+        user, nice, system, idle, iowait, irq, softirq, steal = (int(x) / tick for x in f.readline().split()[1:9])
+    return {"busy": user + nice + system + irq + softirq, "idle": idle, "iowait": iowait, "steal": steal}
 
 
 def _sources() -> dict[str, float]:

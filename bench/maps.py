@@ -45,8 +45,8 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ab import daemons_cpu  # noqa: E402
 from push import SPLIT  # noqa: E402  split -n r/3 into 000 001 002: one output per node
-from common import (KiB, MiB, Cluster, CodeWatch, Report, RssSampler, filesystem, machine,  # noqa: E402
-                    make_text_file, median, ready, rmtree, warm)
+from common import (KiB, MiB, Cluster, CodeWatch, Report, RssSampler, cpu_times, filesystem,  # noqa: E402
+                    machine, make_text_file, median, ready, rmtree, warm)
 
 JOBS = (os.cpu_count() or 1) + 2  # s4d's default --max-cpu-jobs
 
@@ -61,6 +61,12 @@ def bash(script: str, cwd: Path | None = None) -> float:
 def _runs(times: list[float]) -> str:
     """Every repeat's figure, in order: the spread the median hides."""
     return "runs " + " ".join(f"{x:.2f}" for x in times)
+
+
+def _cpu(deltas: list[dict]) -> str:
+    """The medians of a step's CPU seconds (both CPUs), by kind: busy, idle, and
+    iowait and steal, which are time neither s4 nor the floor could use."""
+    return "CPU s " + " ".join(f"{k} {median([d[k] for d in deltas]):.2f}" for k in deltas[0])
 
 
 def tiny_tree(root: Path, n: int) -> Path:
@@ -125,6 +131,7 @@ def step_big(c: Cluster, r: Report, work: Path, keys: int, size: int, reps: int)
     files = sorted(local.iterdir())
     lout, parts, merged = work / "bigout", work / "parts", work / "merged"
     t = {k: [] for k in ("local wc", "map wc", "local split", "to-n", "local cat", "from-n")}
+    cpu = {k: [] for k in t}  # the machine's CPU seconds over each step, by kind
     for rep in range(reps):
         for d in (lout, parts, merged):
             rmtree(d)
@@ -145,7 +152,10 @@ def step_big(c: Cluster, r: Report, work: Path, keys: int, size: int, reps: int)
         # more into memory the VM has not touched lately, so neither side always goes first
         for floor, s4 in (("local wc", "map wc"), ("local split", "to-n"), ("local cat", "from-n")):
             for name in ((floor, s4) if rep % 2 == 0 else (s4, floor)):
+                before = cpu_times()
                 t[name].append(steps[name]()[1])
+                after = cpu_times()
+                cpu[name].append({k: after[k] - before[k] for k in after})
         for out in ("wc", "split", "merged"):
             c.s4ctl("rm", "-r", f"s4://bb/{out}{rep}")
     c.s4ctl("rm", "-r", "s4://bb/")
@@ -157,8 +167,10 @@ def step_big(c: Cluster, r: Report, work: Path, keys: int, size: int, reps: int)
             ("local cat", "from-n", f"map-from-n 'xargs cat' over the {3 * keys} parts", "target >= 90%")]
     for floor, s4, name, target in rows:
         f, s = median(t[floor]), median(t[s4])
-        r.add("big", f"floor: {floor}", f, "s", f"median of {reps}; sequential, warm cache; {_runs(t[floor])}")
-        r.add("big", name, s, "s", f"{f / s:.0%} of the floor's speed ({target}); {_runs(t[s4])}")
+        r.add("big", f"floor: {floor}", f, "s", f"median of {reps}; sequential, warm cache; {_runs(t[floor])}; "
+              + _cpu(cpu[floor]))
+        r.add("big", name, s, "s", f"{f / s:.0%} of the floor's speed ({target}); {_runs(t[s4])}; "
+              + _cpu(cpu[s4]))
 
 
 def step_curve(c: Cluster, rss: RssSampler, r: Report, work: Path, counts: list[int]) -> None:
