@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -497,11 +498,24 @@ def _printed_files(listing: int, cwd: str, node: str, what: str) -> list[str]:
     each must exist inside its temp dir."""
     lines = os.pread(listing, limits.FRAME_MAX_BYTES, 0).decode(errors="replace").splitlines()
     files: dict[str, None] = {}
+    real = None  # whether cwd's path still leads to cwd (no symlink planted on the way): asked once
     for line in lines:
         if not line.strip():
             continue
-        printed = os.path.join(cwd, line)
-        path = os.path.realpath(printed)
+        if real is None:
+            real = os.path.realpath(cwd) == cwd
+        if real and "/" not in line and line not in (".", ".."):  # a plain name: one lstat
+            path = cwd + "/" + line
+            try:
+                if stat.S_ISREG(os.lstat(path).st_mode):
+                    files[path] = None
+                    continue
+            except (OSError, ValueError):  # missing, or a NUL in the name
+                pass
+            printed = path
+        else:
+            printed = os.path.join(cwd, line)
+            path = os.path.realpath(printed)
         # a symlink would publish its target under the target's name (or lose a name)
         if not (path.startswith(cwd + "/") and os.path.isfile(path)) or os.path.islink(printed):
             raise CommandFailed(f"command on {node} for {what} printed {line!r}, "

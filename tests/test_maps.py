@@ -212,10 +212,15 @@ def test_map_to_n_whose_command_writes_no_files_succeeds_and_makes_no_keys(clust
     assert_no_temp_files(cluster)
 
 
-@pytest.mark.parametrize("printed", ["does_not_exist", "/etc/hostname", "../../../etc"])
-def test_map_to_n_printed_name_that_is_not_a_file_it_wrote_fails_quickly_naming_the_key(cluster, printed):
+@pytest.mark.parametrize("made, printed", [
+    ("", "does_not_exist"), ("", "/etc/hostname"), ("", "../../../etc"), ("", "."),
+    ("mkdir sub", "sub"),                     # a directory it made
+    ("ln -s real link", "link"),              # a link to a file it wrote
+    ("ln -s /etc/hostname host", "host"),     # a link out of its directory
+])
+def test_map_to_n_printed_name_that_is_not_a_file_it_wrote_fails_quickly_naming_the_key(cluster, made, printed):
     put_files(cluster, "s4://b/in/", {"00001": "x\n"})
-    cmd = f"cat > real; echo real; echo {printed}"
+    cmd = f"cat > real; {made + ';' if made else ''} echo real; echo {printed}"
     started = time.monotonic()
     proc = cluster.s4ctl("map-to-n", "s4://b/in/", "s4://b/out/", cmd, check=False)
     assert time.monotonic() - started < 15
