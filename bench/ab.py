@@ -145,13 +145,17 @@ def step_map(cl: dict, r: Report, work: Path, n: int, reps: int) -> None:
         r.add("map", f"the daemons' own CPU over it: {s}", median(cpu[s]) / n * 1000, "ms/key",
               "utime+stime of the 3 daemons (commands excluded), median")
     # a map's fixed cost: one key, `wc -l`, alternating A and B (its client start, connections,
-    # listing, one spawn, the replies)
+    # listing, one spawn, the replies); and a command with quotes, which its request must escape
     one = {s: [] for s in cl}
+    quoted = {s: [] for s in cl}
     for i in range(30):
         for s in order(i):
             one[s].append(cl[s].timed("map", "s4://ab/tiny/in/00000*", f"s4://ab/tiny/one{i}/", "wc -l"))
+            quoted[s].append(cl[s].timed("map", "s4://ab/tiny/in/00000*", f"s4://ab/tiny/q{i}/", 'grep -c "x"'))
     for s in ("A", "B"):
         r.add("map", f"map 'wc -l' over 1 key, wall: {s}", median(one[s]) * 1000, "ms", "median of 30")
+    for s in ("A", "B"):
+        r.add("map", f"map 'grep -c \"x\"' over 1 key, wall: {s}", median(quoted[s]) * 1000, "ms", "median of 30")
     for c in cl.values():
         c.s4ctl("rm", "-r", "s4://ab/tiny/")
 

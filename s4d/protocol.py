@@ -95,7 +95,9 @@ PUSH_ENTRY = {"key": str, "size": int}
 # and read by the few lines below, which give exactly json's bytes and
 # json's result (tests/test_protocol.py checks both against json, over
 # generated frames and garbage); anything else, and anything they are not
-# sure of, goes to json, imported then.
+# sure of, goes to json, imported then. The writer also takes the `"` and
+# `\` of a map's command (`grep "a b"`) and a --timeout's float, so a map's
+# client needs no json either; the reader leaves escapes to json.
 _codec: list = []
 
 
@@ -116,19 +118,28 @@ def _json():
     return _codec
 
 
-def _plain(text: str) -> bool:
-    """A string json writes as itself between quotes (ensure_ascii: nothing to escape)."""
-    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
+def _quoted(text: str) -> str | None:
+    """text as json writes it between quotes (ensure_ascii), if it is printable
+    ASCII, where only `"` and `\\` are escaped; else None (json's job)."""
+    if not (text.isascii() and text.isprintable()):
+        return None
+    if '"' in text or "\\" in text:
+        return text.replace("\\", "\\\\").replace('"', '\\"')
+    return text
 
 
 def _encode_flat(msg: dict) -> str | None:
     """msg as json.dumps(msg, separators=(",", ":")) writes it, if it is flat; else None."""
     parts = []
     for k, v in msg.items():
-        if type(k) is not str or not _plain(k):
+        k = _quoted(k) if type(k) is str else None
+        if k is None:
             return None
         t = type(v)
-        if t is str and _plain(v):
+        if t is str:
+            v = _quoted(v)
+            if v is None:
+                return None
             parts.append(f'"{k}":"{v}"')
         elif t is int:  # int, not bool (a subclass): json writes int's repr
             parts.append(f'"{k}":{v!r}')
@@ -136,6 +147,8 @@ def _encode_flat(msg: dict) -> str | None:
             parts.append(f'"{k}":true' if v else f'"{k}":false')
         elif v is None:
             parts.append(f'"{k}":null')
+        elif t is float and v - v == 0.0:  # finite (NaN and infinities are json's to refuse)
+            parts.append(f'"{k}":{v!r}')  # json writes float's repr
         else:
             return None
     return "{" + ",".join(parts) + "}"

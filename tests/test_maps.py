@@ -524,16 +524,22 @@ def test_a_used_command_dir_is_emptied_for_the_next_command_or_removed_when_it_i
     assert_no_temp_files(cluster)
 
 
-def test_a_maps_client_imports_neither_docopt_nor_json_when_its_frames_are_flat(cluster):
-    """A map's request (a plain CMD, no --timeout) and every frame back are flat: the
-    hand codec reads and writes them, and a map starts as fast as a small cp."""
+@pytest.mark.parametrize("args, line", [
+    (["wc -l"], "1"),
+    (['grep -c "^line 1" || true'], "1"),            # quotes: escaped by the hand codec
+    (["--timeout", "2.5", r"sed 's/\(line\)/<\1>/'"], "<line> 1"),  # backslashes and a float
+])
+def test_a_maps_client_imports_neither_docopt_nor_json_when_its_frames_are_flat(cluster, args, line):
+    """A map's request (any printable ASCII CMD, with or without --timeout) and every
+    frame back are flat: the hand codec reads and writes them, and a map starts as
+    fast as a small cp."""
     put_files(cluster, "s4://b/in/", numbered(3))
-    proc = subprocess.run([PY, "-X", "importtime", S4CTL, "map", "s4://b/in/", "s4://b/out/", "wc -l"],
+    proc = subprocess.run([PY, "-X", "importtime", S4CTL, "map", "s4://b/in/", "s4://b/out/", *args],
                           capture_output=True, text=True, env=cluster.env, timeout=60)
     assert proc.returncode == 0, proc.stderr
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert "s4ctl.client" in imported and not imported & {"json", "docopt", "re"}, sorted(imported)
-    assert get(cluster, "s4://b/out/00001") == "1\n"
+    assert get(cluster, "s4://b/out/00001") == line + "\n"
 
 
 # --- failures, timeouts, limits -------------------------------------------------------------
