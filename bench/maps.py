@@ -136,24 +136,27 @@ def step_big(c: Cluster, r: Report, work: Path, keys: int, size: int, reps: int)
         for d in (lout, parts, merged):
             rmtree(d)
             d.mkdir()
+        # each step: (make its inputs cached, the timed run)
         steps = {
-            "local wc": lambda: (warm(files), bash(f"for f in {local}/*; do wc -l < $f > {lout}/${{f##*/}}; done")),
-            "map wc": lambda: (warm(c.stored("bb/in")), c.timed("map", "s4://bb/in", f"s4://bb/wc{rep}", "wc -l")),
-            "local split": lambda: (ready(files), bash(f"for f in {local}/*; do d={parts}/${{f##*/}}; mkdir $d; "
-                                                       f"(cd $d && {SPLIT}) < $f >/dev/null; done")),
-            "to-n": lambda: (ready(c.stored("bb/in")),
-                             c.timed("map-to-n", "s4://bb/in", f"s4://bb/split{rep}", SPLIT)),
-            "local cat": lambda: (ready(list(parts.glob("*/00?"))),
-                                  bash(f"for g in 000 001 002; do ls {parts}/*/$g | xargs cat > {merged}/$g; done")),
-            "from-n": lambda: (ready(c.stored(f"bb/split{rep}")),
-                               c.timed("map-from-n", f"s4://bb/split{rep}", f"s4://bb/merged{rep}", "xargs cat")),
+            "local wc": (lambda: warm(files), lambda: bash(f"for f in {local}/*; do wc -l < $f > {lout}/${{f##*/}}; done")),
+            "map wc": (lambda: warm(c.stored("bb/in")), lambda: c.timed("map", "s4://bb/in", f"s4://bb/wc{rep}", "wc -l")),
+            "local split": (lambda: ready(files), lambda: bash(f"for f in {local}/*; do d={parts}/${{f##*/}}; mkdir $d; "
+                                                                f"(cd $d && {SPLIT}) < $f >/dev/null; done")),
+            "to-n": (lambda: ready(c.stored("bb/in")),
+                     lambda: c.timed("map-to-n", "s4://bb/in", f"s4://bb/split{rep}", SPLIT)),
+            "local cat": (lambda: ready(list(parts.glob("*/00?"))),
+                          lambda: bash(f"for g in 000 001 002; do ls {parts}/*/$g | xargs cat > {merged}/$g; done")),
+            "from-n": (lambda: ready(c.stored(f"bb/split{rep}")),
+                       lambda: c.timed("map-from-n", f"s4://bb/split{rep}", f"s4://bb/merged{rep}", "xargs cat")),
         }
         # each floor and its s4 step in turn, the order swapped every repeat: writes cost
         # more into memory the VM has not touched lately, so neither side always goes first
         for floor, s4 in (("local wc", "map wc"), ("local split", "to-n"), ("local cat", "from-n")):
             for name in ((floor, s4) if rep % 2 == 0 else (s4, floor)):
+                prepare, run = steps[name]
+                prepare()
                 before = cpu_times()
-                t[name].append(steps[name]()[1])
+                t[name].append(run())
                 after = cpu_times()
                 cpu[name].append({k: after[k] - before[k] for k in after})
         for out in ("wc", "split", "merged"):
