@@ -375,8 +375,10 @@ class _Parallel:
             raise self._failure[0]
         self._nursery.start_soon(run)
 
-    async def __aexit__(self, *exc) -> bool:
-        swallowed = await self._manager.__aexit__(*exc)  # e.g. the cancel of its own scope
+    async def __aexit__(self, etype, exc, tb) -> bool:
+        if exc is not None and self._failure and exc is self._failure[0]:
+            etype = exc = tb = None  # raised by start(): the nursery must not wrap it in a group
+        swallowed = await self._manager.__aexit__(etype, exc, tb)  # e.g. the cancel of its own scope
         if self._failure:
             raise self._failure[0]
         return swallowed

@@ -207,6 +207,55 @@ def test_a_node_that_dies_mid_import_fails_it_naming_the_node_and_leaves_nothing
                 assert path.read_bytes() == objects[f"many/{rel}"], path
 
 
+def test_an_object_replaced_mid_import_fails_it_naming_the_object_and_stores_no_mix(
+        make_cluster, s3, b, monkeypatch):
+    """Every ranged GET is conditional on the ETag listed: a GET after the object
+    was replaced is refused (412), so the import fails and nothing of it stays."""
+    part = 256 * 1024  # small parts: many GETs, so the replacement lands between two of them
+    monkeypatch.setenv("S4_S3_PART_BYTES", str(part))  # the daemon inherits them
+    monkeypatch.setenv("S4_S3_MULTIPART_THRESHOLD_BYTES", str(part))
+    src = _bucket(s3)
+    old, new = os.urandom(32 << 20), os.urandom(32 << 20)
+    _seed(s3, src, {"big.bin": old})
+    cluster = make_cluster(nodes=1)
+    proc = subprocess.Popen([S4CTL, "cp", *_ep(s3), f"s3://{src}/big.bin", f"s4://{b}/big.bin"],
+                            env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and not [p for p in cluster.temp_files() if p.stat().st_size > 0]:
+        assert time.monotonic() < deadline  # until the first part has landed
+        time.sleep(0.002)
+    _seed(s3, src, {"big.bin": new})
+    _, proc.stderr = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.fail("the import finished before the object was replaced: make it bigger")
+    assert_one_line_error(proc, f"s3://{src}/big.bin", "changed during the copy", cluster.address(0))
+    assert not (cluster.data_dirs[0] / b / "big.bin").exists()
+    deadline = time.monotonic() + 30
+    while cluster.temp_files():
+        assert time.monotonic() < deadline, cluster.temp_files()
+        time.sleep(0.05)
+
+
+async def test_an_objects_parts_raise_the_failed_parts_error_itself_never_a_group():
+    """A part fails while the next is being started (its start was woken, not
+    cancelled): the error out of the parts' block is that part's own, which
+    _error words as one line, not an ExceptionGroup answered as `internal`."""
+    import trio
+
+    from s4d.s3 import _Parallel
+    woken = trio.Event()
+
+    async def part() -> None:
+        woken.set()  # wakes the block below with a value, and then fails
+        raise ValueError("part 0 failed")
+
+    with pytest.raises(ValueError, match="part 0 failed"):
+        async with _Parallel() as parallel:
+            parallel.start(part)
+            await woken.wait()
+            parallel.start(part)  # meets the failure: raises it inside the block
+
+
 def test_the_taxi_example_runs_from_s3_to_s3_and_matches_the_single_process_count(shared, s3):
     script = os.path.join(os.path.dirname(__file__), "..", "examples", "taxi_s3", "run.sh")
     proc = subprocess.run(["bash", script, "--rows", "20000"], capture_output=True, text=True,
