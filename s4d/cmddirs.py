@@ -55,7 +55,7 @@ class CommandDirs:
             now = _stamp(cwd)
         except OSError:
             now = None
-        if now == made:  # untouched: its mtime (0 when made) did not move
+        if now == made:  # untouched: its mtime (0 when made) and ctime did not move
             self._ready.append((cwd, now))
             return
         with trio.CancelScope(shield=True):  # a few unlinks: never leave a dir half emptied
@@ -79,8 +79,11 @@ class CommandDirs:
 
 
 def _stamp(d: str) -> tuple:
+    """What says a dir is still the one handed out, untouched: its inode, mode and
+    owner, its mtime (set to 0 when handed out) and its ctime, which no command
+    can set back (`touch -d @0 .` after writing a file moves it)."""
     st = os.lstat(d)
-    return st.st_ino, st.st_mode, st.st_uid, st.st_mtime_ns
+    return st.st_ino, st.st_mode, st.st_uid, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _emptied(cwd: str, made: tuple, now: tuple) -> tuple | None:

@@ -524,6 +524,18 @@ def test_a_used_command_dir_is_emptied_for_the_next_command_or_removed_when_it_i
     assert_no_temp_files(cluster)
 
 
+def test_a_command_that_sets_its_dirs_mtime_back_still_has_its_files_cleared(make_cluster):
+    """A dir is handed on as untouched only if its mtime and its ctime did not move:
+    a command that writes a file and then sets the dir's mtime back to 0 (what
+    `take` set) does not leave that file to the next command."""
+    cluster = make_cluster(nodes=1, args=("--max-cpu-jobs", "1"))
+    put_files(cluster, "s4://b/in/", numbered(12))
+    cluster.s4ctl("map", "s4://b/in/", "s4://b/out/", 'ls -A; echo x > "leak-$filename"; touch -d @0 .')
+    for i in range(12):
+        assert get(cluster, f"s4://b/out/{i:05d}") == "", i  # no file of an earlier command
+    assert_no_temp_files(cluster)
+
+
 @pytest.mark.parametrize("args, line", [
     (["wc -l"], "1"),
     (['grep -c "^line 1" || true'], "1"),            # quotes: escaped by the hand codec
