@@ -513,6 +513,8 @@ def _printed_files(listing: int, cwd: str, node: str, what: str) -> list[str]:
             except (OSError, ValueError):  # missing, or a NUL in the name
                 pass
             printed = path
+        elif "\0" in line:  # no file has such a name (and realpath would raise)
+            printed = path = ""
         else:
             printed = os.path.join(cwd, line)
             path = os.path.realpath(printed)

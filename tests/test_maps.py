@@ -22,7 +22,7 @@ import zlib
 
 import pytest
 
-from tests.cluster import S4CTL
+from tests.cluster import S4CTL, assert_one_line_error
 
 PY = sys.executable  # the commands run on the daemons' host: this same machine
 NODES = 3
@@ -226,9 +226,20 @@ def test_map_to_n_printed_name_that_is_not_a_file_it_wrote_fails_quickly_naming_
     assert time.monotonic() - started < 15
     assert proc.returncode == 1
     assert "s4://b/in/00001" in proc.stderr
-    assert printed in proc.stderr
+    assert f"printed {printed!r}" in proc.stderr
     assert cluster.address(1) in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert_no_temp_files(cluster, timeout=10)
+
+
+@pytest.mark.parametrize("printed", ["real\\0", "./real\\0"])
+def test_map_to_n_printed_name_with_a_nul_byte_fails_as_not_a_file_it_wrote(cluster, printed):
+    put_files(cluster, "s4://b/in/", {"00001": "x\n"})
+    proc = cluster.s4ctl("map-to-n", "s4://b/in/", "s4://b/out/",
+                         f"cat > real; echo real; printf '{printed}\\n'", check=False)
+    assert_one_line_error(proc, "s4://b/in/00001", "which is not a file it wrote")
+    assert "internal" not in proc.stderr
+    assert stored(cluster, "s4://b/out/") == {}
     assert_no_temp_files(cluster, timeout=10)
 
 
