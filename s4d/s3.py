@@ -356,7 +356,8 @@ class S3:
 
 class _Parallel:
     """A nursery for the parts of one object: the first part that fails cancels the
-    others and its exception (not a group of them) leaves the `async with`."""
+    others and its exception (not a group of them) leaves the `async with`; so
+    does an exception of the block itself, once the parts are cancelled."""
 
     async def __aenter__(self) -> "_Parallel":
         self._manager = trio.open_nursery()
@@ -376,11 +377,15 @@ class _Parallel:
         self._nursery.start_soon(run)
 
     async def __aexit__(self, etype, exc, tb) -> bool:
-        if exc is not None and self._failure and exc is self._failure[0]:
-            etype = exc = tb = None  # raised by start(): the nursery must not wrap it in a group
+        raised = None
+        if isinstance(exc, Exception):  # the block's own (start() raises a part's): the nursery
+            raised, etype, exc, tb = exc, None, None, None  # must not wrap it in a group
+            self._nursery.cancel_scope.cancel()
         swallowed = await self._manager.__aexit__(etype, exc, tb)  # e.g. the cancel of its own scope
         if self._failure:
             raise self._failure[0]
+        if raised is not None:
+            raise raised
         return swallowed
 
 

@@ -221,7 +221,13 @@ def test_an_object_replaced_mid_import_fails_it_naming_the_object_and_stores_no_
     proc = subprocess.Popen([S4CTL, "cp", *_ep(s3), f"s3://{src}/big.bin", f"s4://{b}/big.bin"],
                             env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while proc.poll() is None and not [p for p in cluster.temp_files() if p.stat().st_size > 0]:
+    def landed() -> bool:  # a part of the object is in a temp file
+        try:
+            return any(p.stat().st_size > 0 for p in cluster.temp_files())
+        except FileNotFoundError:  # a temp file that went between the listing and the stat
+            return False
+
+    while proc.poll() is None and not landed():
         assert time.monotonic() < deadline  # until the first part has landed
         time.sleep(0.002)
     _seed(s3, src, {"big.bin": new})
@@ -254,6 +260,30 @@ async def test_an_objects_parts_raise_the_failed_parts_error_itself_never_a_grou
             parallel.start(part)
             await woken.wait()
             parallel.start(part)  # meets the failure: raises it inside the block
+
+
+async def test_an_error_of_the_parts_block_itself_leaves_it_as_itself_once_the_parts_are_done():
+    """The block's own error (a short read while sending a part) cancels the parts
+    still running and leaves as itself, not as an ExceptionGroup."""
+    import trio
+
+    from s4d.errors import S4Error
+    from s4d.s3 import _Parallel
+    cancelled = []
+
+    async def part() -> None:
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            cancelled.append(True)
+            raise
+
+    with pytest.raises(S4Error, match="the key's file ended early"):
+        async with _Parallel() as parallel:
+            parallel.start(part)
+            await trio.sleep(0)
+            raise S4Error("the key's file ended early")
+    assert cancelled == [True]
 
 
 def test_the_taxi_example_runs_from_s3_to_s3_and_matches_the_single_process_count(shared, s3):
