@@ -66,10 +66,17 @@ class CommandDirs:
             else:
                 self._ready.append((cwd, now))
 
-    async def drop(self, cwd: str) -> None:
-        """Remove cwd (its command failed or was cancelled), in a thread."""
+    async def remove(self, path: str) -> None:
+        """Remove path, in a thread if it is there: a dir whose command failed or was
+        cancelled, or a command's stdout file that was not published (an eval's,
+        a failed command's), which may be big."""
+        try:
+            os.lstat(path)
+        except FileNotFoundError:  # published: nothing to unlink, only to forget
+            self.storage.discard(path)
+            return
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(self.storage.discard, cwd, limiter=self._threads)
+            await trio.to_thread.run_sync(self.storage.discard, path, limiter=self._threads)
 
     def close(self) -> None:
         """The map is over: remove the dirs (empty: rmdirs)."""

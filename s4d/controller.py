@@ -206,11 +206,11 @@ class Controller:
                 os.close(fd)
         finally:
             if out:
-                self.storage.discard(out)
+                await dirs.remove(out)
             if done:  # a dir whose command failed or was cancelled is not handed on
                 await dirs.give(cwd, made)
             else:
-                await dirs.drop(cwd)
+                await dirs.remove(cwd)
 
     @asynccontextmanager
     async def _dir_pool(self):
