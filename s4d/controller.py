@@ -37,7 +37,7 @@ from s4d import keys, limits, orphans, placement, process
 from s4d.cmddirs import CommandDirs
 from s4d.config import DaemonConfig
 from s4d.errors import BadRequest, ChecksumMismatch, CommandFailed, NoSpace, S4Error, Timeout
-from s4d.storage import Storage
+from s4d.storage import NotOwnFile, Storage
 from s4d.transfer import hash_range_async
 
 Push = Callable[[int, str, str, str, int], Awaitable[None]]
@@ -268,7 +268,11 @@ class Controller:
         """Publish a finished file as key here, or push it to the node it belongs on;
         fd, if given, is open on it for reading (saves opening it again to hash it)."""
         if fd is None:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:  # not through a link (a printed name is checked for one; it could be swapped)
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as e:
+                raise BadRequest(f"cannot publish {keys.url(key)} on {self.name}: its file "
+                                 f"cannot be read ({e.strerror})") from None
             try:
                 return await self._publish(path, key, fd)
             finally:
@@ -278,9 +282,11 @@ class Controller:
         owner = placement.node_index(key, len(self.nodes))
         if owner == self.self_index:
             try:
-                self.storage.publish(path, key, digest)
+                self.storage.publish(path, key, digest, fd)  # by this fd: the bytes just hashed
             except NoSpace:
                 raise NoSpace(f"no space left on {self.name} for {keys.url(key)}") from None
+            except NotOwnFile as e:
+                raise NotOwnFile(f"{e.message}, on {self.name}") from None
         else:
             await self.push(owner, key, path, digest, size)
 

@@ -31,7 +31,7 @@ import trio
 
 from s4d import dirlock, keys
 from s4d.config import DaemonConfig
-from s4d.errors import BadKey, Exists, NoSpace, NotFound
+from s4d.errors import BadKey, BadRequest, Exists, NoSpace, NotFound
 
 XATTR = "user.s4.xxh3"
 TMP = "_tmp"
@@ -176,27 +176,55 @@ class Storage:
                 raise
         return os.path.join(d, parts[-1])
 
-    def publish(self, src: str, key: str, digest: str) -> None:
-        """Make the finished file `src` the key, atomically; never overwrites."""
+    def publish(self, src: str, key: str, digest: str, fd: int | None = None) -> None:
+        """Make the finished file `src` the key, atomically; never overwrites. The file
+        is taken by a descriptor (fd, open on it, or src opened without following a
+        link) and must be a regular file with no other name: a map command cannot
+        get a file outside the data dir (a link it made to it) tagged, chmodded or
+        linked in; the link made is checked to be that file."""
         parts = keys.check_key(key)
+        mine = fd is None
+        if mine:
+            try:
+                fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOENT, errno.ENOTDIR):
+                    raise NotOwnFile(f"cannot publish {keys.url(key)}: its file is gone or is a link, "
+                                     "not a file written for it") from None
+                raise
         try:
-            os.setxattr(src, XATTR, digest.encode())
-            os.chmod(src, 0o444)
-        except OSError as e:
-            _raise_no_space(e)
-            raise
-        final = self._make_parents(key, parts)
-        try:
-            os.link(src, final)
-        except FileExistsError:
-            self._prune(os.path.dirname(final))
-            if os.path.isdir(final):
-                raise _directory_clash(key) from None
-            raise Exists(f"key exists (immutable: rm it first): {keys.url(key)}") from None
-        except OSError as e:  # a new directory entry needs a block: ENOSPC here too
-            self._prune(os.path.dirname(final))
-            _raise_no_space(e)
-            raise
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                raise NotOwnFile(f"cannot publish {keys.url(key)}: its file is not a regular file with "
+                                 "one name (a link to another file?)")
+            try:
+                os.setxattr(fd, XATTR, digest.encode())
+                os.fchmod(fd, 0o444)
+            except OSError as e:
+                _raise_no_space(e)
+                raise
+            final = self._make_parents(key, parts)
+            try:
+                os.link(src, final, follow_symlinks=False)
+            except FileExistsError:
+                self._prune(os.path.dirname(final))
+                if os.path.isdir(final):
+                    raise _directory_clash(key) from None
+                raise Exists(f"key exists (immutable: rm it first): {keys.url(key)}") from None
+            except FileNotFoundError:  # its one name went meanwhile
+                self._prune(os.path.dirname(final))
+                raise NotOwnFile(f"cannot publish {keys.url(key)}: its file was removed") from None
+            except OSError as e:  # a new directory entry needs a block: ENOSPC here too
+                self._prune(os.path.dirname(final))
+                _raise_no_space(e)
+                raise
+            if os.lstat(final).st_ino != st.st_ino:  # src was swapped since it was opened
+                os.unlink(final)
+                self._prune(os.path.dirname(final))
+                raise NotOwnFile(f"cannot publish {keys.url(key)}: its file was replaced meanwhile")
+        finally:
+            if mine:
+                os.close(fd)
         os.unlink(src)
         self._active.discard(src)
 
@@ -399,6 +427,11 @@ def _lock(root: str) -> int:
     except dirlock.Held as e:
         raise SystemExit(f"s4d: the data dir {root} is in use by another s4d "
                          f"(pid {e.pid or 'unknown'})") from None
+
+
+class NotOwnFile(BadRequest):
+    """A file to publish that is a link, or has another name: what a misbehaving
+    map command leaves (the caller names the node)."""
 
 
 def _raise_no_space(e: OSError) -> None:

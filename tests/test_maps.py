@@ -11,6 +11,7 @@ cwd lies under the cluster's root is one of ours and must be gone.
 from __future__ import annotations
 
 import collections
+import os
 import random
 import signal
 import subprocess
@@ -229,6 +230,30 @@ def test_map_to_n_printed_name_that_is_not_a_file_it_wrote_fails_quickly_naming_
     assert f"printed {printed!r}" in proc.stderr
     assert cluster.address(1) in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert_no_temp_files(cluster, timeout=10)
+
+
+@pytest.mark.parametrize("shape, cmd", [
+    ("map-to-n", 'ln {canary} x; echo x'),                                    # a hard link it printed
+    ("map", 'p=$(readlink /proc/$$/fd/1); echo data; rm -f "$p"; ln {canary} "$p"'),    # its stdout swapped
+    ("map", 'p=$(readlink /proc/$$/fd/1); echo data; rm -f "$p"; ln -s {canary} "$p"'),
+])
+def test_a_command_cannot_get_a_file_outside_the_data_dir_published_or_changed(make_cluster, shape, cmd):
+    """Publishing takes the file by a descriptor opened without following a link,
+    and only a regular file with one name: a link a command made to a file
+    outside the data dir is neither tagged, chmodded nor linked in."""
+    cluster = make_cluster(nodes=1)
+    canary = cluster.root / "canary"
+    canary.write_text("not s4's\n")
+    canary.chmod(0o644)
+    put_files(cluster, "s4://b/in/", {"00001": "x\n"})
+    proc = cluster.s4ctl(shape, "s4://b/in/", "s4://b/out/", cmd.format(canary=canary), check=False)
+    assert_one_line_error(proc, "s4://b/out/00001", cluster.address(0))
+    assert "internal" not in proc.stderr
+    st = canary.stat()
+    assert (st.st_mode & 0o777, st.st_nlink, canary.read_text()) == (0o644, 1, "not s4's\n")
+    assert os.listxattr(canary) == []
+    assert stored(cluster, "s4://b/out/") == {}
     assert_no_temp_files(cluster, timeout=10)
 
 
