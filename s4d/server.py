@@ -124,6 +124,7 @@ class Server:
             return False
         waiting = trio.CancelScope()  # stop() cancels it: no request is being served yet
         self._waiting.add(waiting)
+        msg = None  # a stop() cancels before a frame arrives
         try:
             # a whole request frame within the idle timeout: a trickle cannot hold the connection
             with waiting, Idle(self.idle_s, "waiting for a request", reset=False) as idle:
