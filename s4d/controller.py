@@ -502,7 +502,12 @@ async def _both(check: Callable[[], Awaitable[None]], command: Awaitable[None]) 
 def _printed_files(listing: int, cwd: str, node: str, what: str) -> list[str]:
     """The files a map-to-n command printed (its stdout, the fd `listing`):
     each must exist inside its temp dir."""
-    lines = os.pread(listing, limits.FRAME_MAX_BYTES, 0).decode(errors="replace").splitlines()
+    size = os.fstat(listing).st_size
+    if size > limits.FRAME_MAX_BYTES:  # not cut silently: a name past the cut would be lost
+        raise CommandFailed(f"command on {node} for {what} printed {size} bytes of file names, more "
+                            f"than the {limits.FRAME_MAX_BYTES} a map-to-n command may print",
+                            node=node, key=what, exit=0, stderr="")
+    lines = os.pread(listing, size, 0).decode(errors="replace").splitlines()
     files: dict[str, None] = {}
     real = None  # whether cwd's path still leads to cwd (no symlink planted on the way): asked once
     for line in lines:
@@ -526,7 +531,8 @@ def _printed_files(listing: int, cwd: str, node: str, what: str) -> list[str]:
             path = os.path.realpath(printed)
         # a symlink would publish its target under the target's name (or lose a name)
         if not (path.startswith(cwd + "/") and os.path.isfile(path)) or os.path.islink(printed):
-            raise CommandFailed(f"command on {node} for {what} printed {line!r}, "
+            shown = repr(line if len(line) <= 200 else line[:200] + "...")  # one readable line
+            raise CommandFailed(f"command on {node} for {what} printed {shown}, "
                                 "which is not a file it wrote in its directory",
                                 node=node, key=what, exit=0, stderr="")
         files[path] = None

@@ -257,6 +257,21 @@ def test_a_command_cannot_get_a_file_outside_the_data_dir_published_or_changed(m
     assert_no_temp_files(cluster, timeout=10)
 
 
+def test_map_to_n_fails_on_more_names_than_it_reads_and_quotes_a_huge_name_short(cluster):
+    """A listing past the limit fails the map (a name past a cut would be lost
+    silently); a huge bad name is quoted short, so its error still reaches the client."""
+    put_files(cluster, "s4://b/in/", {"00001": "x\n"})
+    many = "cat > 001; awk 'BEGIN { for (i = 0; i < 1300000; i++) print \"001\" }'; echo 002"
+    proc = cluster.s4ctl("map-to-n", "s4://b/in/", "s4://b/out/", many, check=False)
+    assert_one_line_error(proc, "s4://b/in/00001", "bytes of file names")
+    huge = "cat > 001; head -c 3000000 /dev/zero | tr '\\0' a; echo"
+    proc = cluster.s4ctl("map-to-n", "s4://b/in/", "s4://b/out2/", huge, check=False)
+    assert_one_line_error(proc, "s4://b/in/00001", "which is not a file it wrote")
+    assert len(proc.stderr) < 2000
+    assert stored(cluster, "s4://b/out/") == {} and stored(cluster, "s4://b/out2/") == {}
+    assert_no_temp_files(cluster, timeout=10)
+
+
 @pytest.mark.parametrize("printed", ["real\\0", "./real\\0"])
 def test_map_to_n_printed_name_with_a_nul_byte_fails_as_not_a_file_it_wrote(cluster, printed):
     put_files(cluster, "s4://b/in/", {"00001": "x\n"})
