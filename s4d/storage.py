@@ -199,7 +199,7 @@ class Storage:
                                  "one name (a link to another file?)")
             try:
                 os.setxattr(fd, XATTR, digest.encode())
-                os.fchmod(fd, 0o444)
+                os.chmod(fd, 0o444)  # chmod of an fd: fchmod
             except OSError as e:
                 _raise_no_space(e)
                 raise
