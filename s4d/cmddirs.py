@@ -3,8 +3,8 @@
 Every command starts in an empty dir of its own inside the data dir's
 `_tmp/`. Making and removing one per command costs more than the rest of s4's
 share of a small key, so a map hands dirs on: a dir its command left as it
-was (its mtime, set to 0 when it was made, untouched) goes straight to the
-next command; one its command wrote files in is emptied first. A dir that is
+was (its mtime, set to 0 when it was made, and its ctime unmoved) goes
+straight to the next command; one its command wrote files in is emptied first. A dir that is
 no longer the one made (another inode, mode or owner), carries xattrs (a
 default ACL would reach the next command's files) or holds a directory or
 too many entries is removed instead, and the next command gets a new one.
@@ -67,13 +67,10 @@ class CommandDirs:
                 self._ready.append((cwd, now))
 
     async def remove(self, path: str) -> None:
-        """Remove path, in a thread if it is there: a dir whose command failed or was
-        cancelled, or a command's stdout file that was not published (an eval's,
-        a failed command's), which may be big."""
-        try:
-            os.lstat(path)
-        except FileNotFoundError:  # published: nothing to unlink, only to forget
-            self.storage.discard(path)
+        """Remove path in a thread, unless it was published: a dir whose command
+        failed or was cancelled, or a command's stdout file that was not
+        published (an eval's, a failed command's), which may be big."""
+        if not self.storage.is_temp(path):  # published (Storage forgot it then): nothing to do
             return
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(self.storage.discard, path, limiter=self._threads)

@@ -66,6 +66,10 @@ class Storage:
         self._active.add(path)
         return path
 
+    def is_temp(self, path: str) -> bool:
+        """path is a temp of this storage not yet published or discarded."""
+        return path in self._active
+
     def new_temp_dir(self) -> str:
         path = self.new_temp("cmd")
         os.mkdir(path)
